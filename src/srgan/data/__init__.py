@@ -1,0 +1,1 @@
+"""Data pipeline: GeoTIFF I/O, degradation, normalisation, area splits, datasets."""

@@ -1,0 +1,1 @@
+"""The training engine: a short ``fit()`` loop, step functions, EMA, schedules, checkpoints."""

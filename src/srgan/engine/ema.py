@@ -1,0 +1,42 @@
+"""Exponential moving average of the generator's weights."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """A frozen copy of a model whose parameters track ``decay * ema + (1 - decay) * model``.
+
+    Buffers (batch-norm statistics, noise seeds) are copied, not averaged: an average of running
+    statistics is not the statistics of the averaged weights. Before ``start_step`` the copy
+    simply follows the model.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, start_step: int = 0) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"schedule.ema.decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.start_step = start_step
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """Fold the model's current weights in; call once per generator optimizer step."""
+        decay = 0.0 if step < self.start_step else self.decay
+        for ema_p, p in zip(self.module.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - decay)
+        for ema_b, b in zip(self.module.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "start_step": self.start_step, "module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = state["decay"]
+        self.start_step = state["start_step"]
+        self.module.load_state_dict(state["module"])
