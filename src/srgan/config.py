@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -39,13 +39,13 @@ class TrainerConfig:
     log_every: int = 10
     val_every: int = 200
     ckpt_every: int = 0
-    grad_clip: Optional[float] = None
+    grad_clip: float | None = None
     num_workers: int = 0
     cpu: bool = False
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     val_batch_size: int = 8
     val_border: int = 4
-    resume_from: Optional[str] = None
+    resume_from: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -53,8 +53,14 @@ class TrainerConfig:
             raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.max_steps < 1 or self.batch_size < 1 or self.val_batch_size < 1:
             raise ConfigError("trainer.max_steps, trainer.batch_size and trainer.val_batch_size must be >= 1")
-        _positive("trainer", log_every=self.log_every, val_every=self.val_every, ckpt_every=self.ckpt_every,
-                  num_workers=self.num_workers, val_border=self.val_border)
+        _positive(
+            "trainer",
+            log_every=self.log_every,
+            val_every=self.val_every,
+            ckpt_every=self.ckpt_every,
+            num_workers=self.num_workers,
+            val_border=self.val_border,
+        )
 
 
 @dataclass
@@ -89,8 +95,8 @@ class ScheduleConfig:
 class TrackingConfig:
     uri: str = "sqlite:///mlruns.db"
     experiment_name: str = "srgan"
-    run_name: Optional[str] = None
-    artifact_location: Optional[str] = "mlartifacts"
+    run_name: str | None = None
+    artifact_location: str | None = "mlartifacts"
     log_images: bool = True
 
 

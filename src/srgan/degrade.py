@@ -22,13 +22,14 @@ from srgan.data.rasters import Raster, to_dtype, write_raster
 def main(cfg: DictConfig) -> None:
     data = instantiate(cfg.dataset, _convert_="all")
     region = data.region(cfg.split)
-    outputs = [(cfg.output, region.lr, region.hr_transform * Affine.scale(data.scale))]
+    outputs = [(cfg.output, region.lr, region.hr_transform @ Affine.scale(data.scale))]
     if cfg.hr_output:
         outputs.append((cfg.hr_output, region.hr, region.hr_transform))
     for path, values, transform in outputs:
         stored = to_dtype(np.asarray(data.normalization.denormalize(values.numpy())), data.dtype)
         write_raster(path, Raster(stored, transform, region.crs, data.band_names, data.dtype), overwrite=cfg.overwrite)
-        print(f"{data.name} / {cfg.split}: wrote {path} ({stored.shape[0]}x{stored.shape[1]}x{stored.shape[2]} {data.dtype})")
+        bands, rows, cols = stored.shape
+        print(f"{data.name} / {cfg.split}: wrote {path} ({bands}x{rows}x{cols} {data.dtype})")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """``srgan-eval``: metrics of a trained model against bicubic and nearest upsampling on held-out data.
 
-    srgan-eval model=outputs/demo/<run>            # a run folder or its model/ folder
-    srgan-eval model=<run> dataset=raster dataset.path=scene.tif 'dataset.bands=[B04,B03,B02,B08]'
+srgan-eval model=outputs/demo/<run>            # a run folder or its model/ folder
+srgan-eval model=<run> dataset=raster dataset.path=scene.tif 'dataset.bands=[B04,B03,B02,B08]'
 """
 
 from __future__ import annotations
@@ -32,12 +32,22 @@ def check_compatible(model: ExportedModel, data: Any) -> None:
     if model.scale != data.scale:
         raise ValueError(f"model {model.directory} is x{model.scale} but dataset.scale={data.scale}")
     if list(model.band_names) != list(data.band_names):
-        raise ValueError(f"model {model.directory} expects bands {model.band_names}, "
-                         f"dataset {data.path} gives {data.band_names}")
+        raise ValueError(
+            f"model {model.directory} expects bands {model.band_names}, dataset {data.path} gives {data.band_names}"
+        )
 
 
-def evaluate_region(model: ExportedModel, lr: torch.Tensor, hr: torch.Tensor, band_names: list[str],
-                    border: int, tile: int, overlap: int, batch_size: int, device: torch.device) -> dict[str, dict[str, float]]:
+def evaluate_region(
+    model: ExportedModel,
+    lr: torch.Tensor,
+    hr: torch.Tensor,
+    band_names: list[str],
+    border: int,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
     """Metrics of the model and of each baseline on one LR/HR pair of normalised tensors."""
     predictions = {
         "sr": tiled_super_resolve(model.generator.to(device), lr, model.scale, tile, overlap, batch_size, device),
@@ -77,15 +87,26 @@ def main(cfg: DictConfig) -> None:
     data = instantiate(cfg.dataset, _convert_="all")
     check_compatible(model, data)
     region = data.region(cfg.split)
-    results = evaluate_region(model, region.lr, region.hr, data.band_names, cfg.border, cfg.tile, cfg.overlap,
-                              cfg.batch_size, device)
-    print(f"\n{data.name} / {cfg.split} area ({region.hr.shape[-2]}x{region.hr.shape[-1]} HR px, x{data.scale}, "
-          f"border {cfg.border} px); PSNR pooled over bands on normalised values, SAM in degrees\n")
+    results = evaluate_region(
+        model, region.lr, region.hr, data.band_names, cfg.border, cfg.tile, cfg.overlap, cfg.batch_size, device
+    )
+    print(
+        f"\n{data.name} / {cfg.split} area ({region.hr.shape[-2]}x{region.hr.shape[-1]} HR px, x{data.scale}, "
+        f"border {cfg.border} px); PSNR pooled over bands on normalised values, SAM in degrees\n"
+    )
     print(format_table(results))
     output = Path(cfg.output) if cfg.output else default_output(model.directory)
-    report = {"model": str(model.directory), "dataset": data.name, "path": str(data.path), "split": cfg.split,
-              "border": cfg.border, "scale": data.scale, "bands": data.band_names, "results": results,
-              "gain_over_bicubic": {k: v - results["bicubic"][k] for k, v in results["sr"].items()}}
+    report = {
+        "model": str(model.directory),
+        "dataset": data.name,
+        "path": str(data.path),
+        "split": cfg.split,
+        "border": cfg.border,
+        "scale": data.scale,
+        "bands": data.band_names,
+        "results": results,
+        "gain_over_bicubic": {k: v - results["bicubic"][k] for k, v in results["sr"].items()},
+    }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     print(f"\nwritten to {output}")

@@ -17,15 +17,23 @@ from affine import Affine
 from omegaconf import DictConfig
 
 from srgan.config import CONF_DIR
-from srgan.devices import pick_device
 from srgan.data.rasters import Raster, RasterError, read_raster, to_dtype, write_raster
+from srgan.devices import pick_device
 from srgan.engine.checkpoint import load_model
 from srgan.tiling import tiled_super_resolve
 
 
-def super_resolve_file(model_path: str | Path, input_path: str | Path, output_path: str | Path,
-                       bands: list[str | int] | None = None, tile: int = 128, overlap: int = 16, batch_size: int = 4,
-                       device: str = "auto", overwrite: bool = False) -> Path:
+def super_resolve_file(
+    model_path: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    bands: list[str | int] | None = None,
+    tile: int = 128,
+    overlap: int = 16,
+    batch_size: int = 4,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> Path:
     """Read ``input_path``, super-resolve it and write ``output_path``; returns the output path."""
     output_path = Path(output_path)
     if output_path.exists() and not overwrite:
@@ -41,7 +49,7 @@ def super_resolve_file(model_path: str | Path, input_path: str | Path, output_pa
     values = np.asarray(model.normalization.denormalize(sr.cpu().numpy()))
     result = Raster(
         data=to_dtype(values, raster.dtype),
-        transform=raster.transform * Affine.scale(1 / model.scale),
+        transform=raster.transform @ Affine.scale(1 / model.scale),
         crs=raster.crs,
         band_names=model.band_names,
         dtype=raster.dtype,
@@ -52,8 +60,17 @@ def super_resolve_file(model_path: str | Path, input_path: str | Path, output_pa
 
 @hydra.main(config_path=str(CONF_DIR), config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    out = super_resolve_file(cfg.model, cfg.input, cfg.output, list(cfg.bands) if cfg.bands else None, cfg.tile,
-                             cfg.overlap, cfg.batch_size, cfg.device, cfg.overwrite)
+    out = super_resolve_file(
+        cfg.model,
+        cfg.input,
+        cfg.output,
+        list(cfg.bands) if cfg.bands else None,
+        cfg.tile,
+        cfg.overlap,
+        cfg.batch_size,
+        cfg.device,
+        cfg.overwrite,
+    )
     print(f"super-resolved {cfg.input} -> {out}")
 
 

@@ -9,7 +9,7 @@ values with the given ``data_range`` (reflectance: 1.0), after cropping ``border
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ class SRMetrics(nn.Module):
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         b = self.border
-        return x[..., b:x.shape[-2] - b, b:x.shape[-1] - b] if b else x
+        return x[..., b : x.shape[-2] - b, b : x.shape[-1] - b] if b else x
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -41,7 +41,7 @@ class SRMetrics(nn.Module):
         pred, target = self._crop(pred.float()), self._crop(target.float())
         self.psnr.update(pred, target)
         for i, metric in enumerate(self.band_psnr):
-            metric.update(pred[:, i:i + 1], target[:, i:i + 1])
+            metric.update(pred[:, i : i + 1], target[:, i : i + 1])
         self.ssim.update(pred, target)
         if self.sam is not None:
             self.sam.update(pred, target)

@@ -23,6 +23,7 @@ def _origins(size: int, tile: int, stride: int) -> list[int]:
 
 def blend_window(height: int, width: int, ramp: int) -> torch.Tensor:
     """``(height, width)`` weights: linear ramp over ``ramp`` pixels at every edge, 1 inside, > 0 everywhere."""
+
     def axis(n: int) -> torch.Tensor:
         pos = torch.arange(n, dtype=torch.float32)
         dist = torch.minimum(pos, n - 1 - pos) + 0.5
@@ -56,13 +57,13 @@ def tiled_super_resolve(
     lr = lr.to(device)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
     for start in range(0, len(boxes), batch_size):
-        chunk = boxes[start:start + batch_size]
-        batch = torch.stack([lr[:, r:r + th, c:c + tw] for r, c in chunk])
+        chunk = boxes[start : start + batch_size]
+        batch = torch.stack([lr[:, r : r + th, c : c + tw] for r, c in chunk])
         with autocast:
             sr = model(batch)
         sr = sr.float()
         for (r, c), tile_sr in zip(chunk, sr):
             rs, cs = r * scale, c * scale
-            out[:, rs:rs + th * scale, cs:cs + tw * scale] += tile_sr * window
-            weight[:, rs:rs + th * scale, cs:cs + tw * scale] += window
+            out[:, rs : rs + th * scale, cs : cs + tw * scale] += tile_sr * window
+            weight[:, rs : rs + th * scale, cs : cs + tw * scale] += window
     return out / weight

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 
-def composite(images: Sequence[torch.Tensor], rgb: Sequence[int], low: float = 1.0, high: float = 99.0) -> list[np.ndarray]:
+def composite(
+    images: Sequence[torch.Tensor], rgb: Sequence[int], low: float = 1.0, high: float = 99.0
+) -> list[np.ndarray]:
     """RGB uint8 composites of ``(bands, H, W)`` images, all stretched with the same percentiles.
 
     The stretch comes from the last image (the HR reference), so differences in brightness between
@@ -24,7 +26,9 @@ def composite(images: Sequence[torch.Tensor], rgb: Sequence[int], low: float = 1
     return out
 
 
-def comparison_grid(lr_up: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, rgb: Sequence[int], gap: int = 4) -> np.ndarray:
+def comparison_grid(
+    lr_up: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, rgb: Sequence[int], gap: int = 4
+) -> np.ndarray:
     """One row ``upsampled LR | SR | HR`` as an ``(H, 3W + 2 gap, 3)`` uint8 image."""
     panels = composite([lr_up, sr, hr], rgb)
     spacer = np.full((panels[0].shape[0], gap, 3), 255, dtype=np.uint8)

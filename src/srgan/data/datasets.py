@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset
 from srgan.data.degradation import Resample
 from srgan.data.normalization import LinearScale
 from srgan.data.rasters import RasterError, read_raster
-from srgan.data.splits import SPLITS, column_blocks
+from srgan.data.splits import column_blocks
 
 
 @dataclass
@@ -87,7 +88,9 @@ class RasterSRData:
         self.blocks = column_blocks(self._hr.shape[-1], dict(split["fractions"]), int(split["gap"]), align=scale)
         for name_, (c0, c1) in self.blocks.items():
             if min(rows, c1 - c0) < patch_size:
-                raise RasterError(f"{self.path}: split {name_!r} is {rows}x{c1 - c0} px, smaller than patch_size={patch_size}")
+                raise RasterError(
+                    f"{self.path}: split {name_!r} is {rows}x{c1 - c0} px, smaller than patch_size={patch_size}"
+                )
         self._regions: dict[str, Region] = {}
 
     def _rgb_indices(self, rgb_bands: Sequence[str | int] | None) -> list[int]:
@@ -111,15 +114,15 @@ class RasterSRData:
             c0, c1 = self.blocks[split]
             hr = self._hr[:, :, c0:c1].contiguous()
             self._regions[split] = Region(
-                lr=self.degradation(hr), hr=hr, hr_transform=self._transform * Affine.translation(c0, 0), crs=self._crs
+                lr=self.degradation(hr), hr=hr, hr_transform=self._transform @ Affine.translation(c0, 0), crs=self._crs
             )
         return self._regions[split]
 
-    def train_dataset(self, length: int, seed: int, augment: bool = True) -> "RandomPatches":
+    def train_dataset(self, length: int, seed: int, augment: bool = True) -> RandomPatches:
         region = self.region("train")
         return RandomPatches(region.lr, region.hr, self.scale, self.patch_size, length, seed, augment)
 
-    def val_dataset(self, split: str = "val") -> "Tiles":
+    def val_dataset(self, split: str = "val") -> Tiles:
         region = self.region(split)
         return Tiles(region.lr, region.hr, self.scale, self.val_tile)
 
@@ -135,8 +138,16 @@ class RandomPatches(Dataset):
     Deterministic items make a resumed run see the same batches as an uninterrupted one.
     """
 
-    def __init__(self, lr: torch.Tensor, hr: torch.Tensor, scale: int, patch_size: int, length: int, seed: int,
-                 augment: bool = True) -> None:
+    def __init__(
+        self,
+        lr: torch.Tensor,
+        hr: torch.Tensor,
+        scale: int,
+        patch_size: int,
+        length: int,
+        seed: int,
+        augment: bool = True,
+    ) -> None:
         self.lr, self.hr, self.scale = lr, hr, scale
         self.lr_patch = patch_size // scale
         self.length, self.seed, self.augment = length, seed, augment
@@ -150,8 +161,8 @@ class RandomPatches(Dataset):
         r = int(rng.integers(0, rows - self.lr_patch + 1))
         c = int(rng.integers(0, cols - self.lr_patch + 1))
         p, s = self.lr_patch, self.scale
-        lr = self.lr[:, r:r + p, c:c + p]
-        hr = self.hr[:, r * s:(r + p) * s, c * s:(c + p) * s]
+        lr = self.lr[:, r : r + p, c : c + p]
+        hr = self.hr[:, r * s : (r + p) * s, c * s : (c + p) * s]
         if self.augment:
             k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
             lr, hr = _dihedral(lr, k, flip), _dihedral(hr, k, flip)
@@ -175,4 +186,7 @@ class Tiles(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         r, c = self.origins[index]
         p, s = self.lr_tile, self.scale
-        return {"lr": self.lr[:, r:r + p, c:c + p].contiguous(), "hr": self.hr[:, r * s:(r + p) * s, c * s:(c + p) * s].contiguous()}
+        return {
+            "lr": self.lr[:, r : r + p, c : c + p].contiguous(),
+            "hr": self.hr[:, r * s : (r + p) * s, c * s : (c + p) * s].contiguous(),
+        }

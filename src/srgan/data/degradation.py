@@ -34,8 +34,9 @@ class Resample:
         if self.method == "box":
             lr = F.avg_pool2d(x, self.scale)
         else:
-            lr = F.interpolate(x, size=(h // self.scale, w // self.scale), mode=self.method,
-                               antialias=True, align_corners=False)
+            lr = F.interpolate(
+                x, size=(h // self.scale, w // self.scale), mode=self.method, antialias=True, align_corners=False
+            )
         return lr.squeeze(0) if squeeze else lr
 
     def __repr__(self) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import rasterio
@@ -32,7 +32,9 @@ class Raster:
     nodata: float | None = None
 
 
-def _band_indices(path: Path, descriptions: Sequence[str | None], count: int, bands: Sequence[str | int] | None) -> list[int]:
+def _band_indices(
+    path: Path, descriptions: Sequence[str | None], count: int, bands: Sequence[str | int] | None
+) -> list[int]:
     """Map requested bands (names or 1-based indices) to 1-based indices, with errors naming the band."""
     if bands is None:
         return list(range(1, count + 1))
@@ -53,7 +55,9 @@ def _band_indices(path: Path, descriptions: Sequence[str | None], count: int, ba
     return indices
 
 
-def read_raster(path: str | os.PathLike, bands: Sequence[str | int] | None = None, window: Window | None = None) -> Raster:
+def read_raster(
+    path: str | os.PathLike, bands: Sequence[str | int] | None = None, window: Window | None = None
+) -> Raster:
     """Read the selected bands of a GeoTIFF (all when ``bands`` is None)."""
     path = Path(path)
     if not path.is_file():
@@ -80,8 +84,15 @@ def write_raster(path: str | os.PathLike, raster: Raster, overwrite: bool = Fals
     path.parent.mkdir(parents=True, exist_ok=True)
     bands, rows, cols = raster.data.shape
     profile = dict(
-        driver="GTiff", width=cols, height=rows, count=bands, dtype=raster.dtype, crs=raster.crs,
-        transform=raster.transform, nodata=raster.nodata, compress="deflate",
+        driver="GTiff",
+        width=cols,
+        height=rows,
+        count=bands,
+        dtype=raster.dtype,
+        crs=raster.crs,
+        transform=raster.transform,
+        nodata=raster.nodata,
+        compress="deflate",
         predictor=3 if np.dtype(raster.dtype).kind == "f" else 2,
     )
     if rows >= 256 and cols >= 256:

@@ -70,8 +70,9 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     for candidate in (path, path / "model"):
         if (candidate / MODEL_WEIGHTS).is_file() and (candidate / MODEL_CONFIG).is_file():
             return candidate
-    raise FileNotFoundError(f"{path}: not a model folder (no {MODEL_WEIGHTS} + {MODEL_CONFIG}) "
-                            f"nor a run folder with model/ inside")
+    raise FileNotFoundError(
+        f"{path}: not a model folder (no {MODEL_WEIGHTS} + {MODEL_CONFIG}) nor a run folder with model/ inside"
+    )
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ExportedModel:
@@ -85,7 +86,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     for name, node in (("generator", config["generator"]), ("normalization", data["normalization"])):
         target = str(node.get("_target_", ""))
         if not target.startswith(ALLOWED_TARGETS[name]):
-            raise ValueError(f"{directory / MODEL_CONFIG}: {name}._target_={target!r} is outside {ALLOWED_TARGETS[name]}")
+            raise ValueError(
+                f"{directory / MODEL_CONFIG}: {name}._target_={target!r} is outside {ALLOWED_TARGETS[name]}"
+            )
     generator = instantiate(config["generator"])
     generator.load_state_dict(load_file(str(directory / MODEL_WEIGHTS), device=str(map_location)))
     generator.eval().requires_grad_(False)

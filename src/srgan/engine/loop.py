@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,8 +77,13 @@ def fit(
     batches = iter(accelerator.skip_first_batches(loader, state.step) if state.step else loader)
     history: dict[str, list[torch.Tensor]] = defaultdict(list)
     last_val: dict[str, float] = {}
-    bar = tqdm(total=cadence.max_steps, initial=state.step, disable=not (accelerator.is_main_process and cadence.progress),
-               dynamic_ncols=True, unit="step")
+    bar = tqdm(
+        total=cadence.max_steps,
+        initial=state.step,
+        disable=not (accelerator.is_main_process and cadence.progress),
+        dynamic_ncols=True,
+        unit="step",
+    )
     tick, tick_step = time.perf_counter(), state.step
     generator.train()
     discriminator.train()
@@ -85,11 +91,13 @@ def fit(
         batch = next(batches)
         step = state.step
         adversarial_weight = loss.adversarial_weight * ramp(step)
-        sr, stats = generator_step(accelerator, generator, d_module, loss, optimizer_g, batch, adversarial_weight,
-                                   cadence.grad_clip)
+        sr, stats = generator_step(
+            accelerator, generator, d_module, loss, optimizer_g, batch, adversarial_weight, cadence.grad_clip
+        )
         if ramp.adversarial_phase(step):
-            stats.update(discriminator_step(accelerator, discriminator, loss, optimizer_d, batch["hr"], sr,
-                                            cadence.grad_clip))
+            stats.update(
+                discriminator_step(accelerator, discriminator, loss, optimizer_d, batch["hr"], sr, cadence.grad_clip)
+            )
         if accelerator.sync_gradients:
             ema.update(g_module, step)
         state.step += 1
@@ -104,17 +112,24 @@ def fit(
             now = time.perf_counter()
             rate = (state.step - tick_step) / max(now - tick, 1e-9)
             logs = {f"train/{k}": v for k, v in zip(names, means)}
-            logs.update({
-                "train/adversarial_weight": adversarial_weight,
-                "train/lr_g": optimizer_g.param_groups[0]["lr"],
-                "train/lr_d": optimizer_d.param_groups[0]["lr"],
-                "train/steps_per_s": rate,
-                "train/images_per_s": rate * batch["lr"].shape[0] * accelerator.num_processes,
-            })
+            logs.update(
+                {
+                    "train/adversarial_weight": adversarial_weight,
+                    "train/lr_g": optimizer_g.param_groups[0]["lr"],
+                    "train/lr_d": optimizer_d.param_groups[0]["lr"],
+                    "train/steps_per_s": rate,
+                    "train/images_per_s": rate * batch["lr"].shape[0] * accelerator.num_processes,
+                }
+            )
             tracker.log_metrics(logs, state.step)
-            bar.set_postfix({k.split("/")[1]: f"{v:.4g}" for k, v in logs.items()
-                             if k.split("/")[1] in ("l1", "g_adversarial", "d_loss", "d_real_prob", "d_fake_prob")},
-                            refresh=False)
+            bar.set_postfix(
+                {
+                    k.split("/")[1]: f"{v:.4g}"
+                    for k, v in logs.items()
+                    if k.split("/")[1] in ("l1", "g_adversarial", "d_loss", "d_real_prob", "d_fake_prob")
+                },
+                refresh=False,
+            )
             history.clear()
             tick, tick_step = now, state.step
 
@@ -124,9 +139,11 @@ def fit(
             if grid is not None and accelerator.is_main_process:
                 tracker.log_image(grid, key="val_grid", step=state.step)
             if accelerator.is_main_process:
-                bar.write(f"step {state.step}: val PSNR {last_val['val/psnr']:.2f} dB "
-                          f"(bicubic {last_val['val/bicubic_psnr']:.2f} dB, "
-                          f"gain {last_val['val/psnr_gain_over_bicubic']:+.2f} dB)")
+                bar.write(
+                    f"step {state.step}: val PSNR {last_val['val/psnr']:.2f} dB "
+                    f"(bicubic {last_val['val/bicubic_psnr']:.2f} dB, "
+                    f"gain {last_val['val/psnr_gain_over_bicubic']:+.2f} dB)"
+                )
 
         if cadence.ckpt_every > 0 and state.step % cadence.ckpt_every == 0 or state.step == cadence.max_steps:
             save_checkpoint(accelerator, run_dir / "checkpoints" / "last")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def validate(
     was_training = generator.training
     generator.eval()
     for start in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[start:start + batch_size]]
+        items = [dataset[i] for i in indices[start : start + batch_size]]
         lr = torch.stack([it["lr"] for it in items]).to(accelerator.device)
         hr = torch.stack([it["hr"] for it in items]).to(accelerator.device)
         with accelerator.autocast():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -26,8 +26,9 @@ class CompositeLoss(nn.Module):
         weights = dict(weights)
         unknown = set(weights) - set(terms) - {ADVERSARIAL}
         if unknown:
-            raise ValueError(f"loss.weights: unknown term(s) {sorted(unknown)}; configured terms: "
-                             f"{sorted(terms) + [ADVERSARIAL]}")
+            raise ValueError(
+                f"loss.weights: unknown term(s) {sorted(unknown)}; configured terms: {sorted(terms) + [ADVERSARIAL]}"
+            )
         missing = (set(terms) | {ADVERSARIAL}) - set(weights)
         if missing:
             raise ValueError(f"loss.weights: no weight for term(s) {sorted(missing)}")

@@ -1,0 +1,127 @@
+"""Every config option composes and instantiates; typos and impossible values fail early, by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
+from hydra.utils import instantiate
+
+from srgan.config import CONF_DIR, ConfigError, validate_training_config
+from tests.conftest import TINY, compose_config
+
+GROUPS = ("generator", "discriminator", "loss", "schedule", "dataset", "trainer", "tracking", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_has_an_option():
+    for group in GROUPS:
+        assert options(group), f"conf/{group}/ is empty"
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in options(g) if not (g == "dataset" and o == "raster")]
+)
+def test_every_option_composes_validates_and_instantiates(group, option):
+    cfg = compose_config("train", [f"{group}={option}", "generator.n_channels=8", "generator.n_blocks=1"])
+    settings = validate_training_config(cfg)
+    generator = instantiate(cfg.generator, _convert_="all")
+    discriminator = instantiate(cfg.discriminator, _convert_="all")
+    instantiate(cfg.loss, _convert_="all")
+    instantiate(settings.schedule.optimizer_g)(generator.parameters())
+    data = instantiate(cfg.dataset, _convert_="all")
+    lr = torch.rand(2, cfg.dataset.num_bands, 12, 12)
+    assert generator(lr).shape == (2, cfg.dataset.num_bands, 12 * data.scale, 12 * data.scale)
+    assert discriminator(generator(lr)).shape == (2, 1)
+
+
+def test_generic_raster_dataset_needs_path_and_bands(small_geotiff):
+    cfg = compose_config(
+        "train",
+        [
+            "dataset=raster",
+            f"dataset.path={small_geotiff}",
+            "dataset.bands=[B02,B08]",
+            "dataset.patch_size=16",
+            "dataset.val_tile=16",
+            "dataset.split.gap=4",
+        ],
+    )
+    assert cfg.generator.in_channels == 2  # interpolated from the dataset's band list
+    data = instantiate(cfg.dataset, _convert_="all")
+    assert data.band_names == ["B02", "B08"]
+
+
+def test_overrides_reach_the_components():
+    cfg = compose_config("train", ["generator=rcab", "trainer.max_steps=50", "loss.weights.adversarial=0.005"])
+    assert cfg.trainer.max_steps == 50
+    loss = instantiate(cfg.loss, _convert_="all")
+    assert loss.adversarial_weight == 0.005
+
+
+def test_unknown_group_option_fails_naming_it():
+    with pytest.raises(MissingConfigException, match="generator/nosuchnet"):
+        compose_config("train", ["generator=nosuchnet"])
+
+
+def test_misspelt_key_fails_naming_it():
+    with pytest.raises(ConfigCompositionException, match="max_stepz"):
+        compose_config("train", ["trainer.max_stepz=5"])
+
+
+def test_appended_unknown_key_fails_validation_naming_it():
+    cfg = compose_config("train", ["+trainer.max_stepz=5"])
+    with pytest.raises(ConfigError, match="trainer.max_stepz"):
+        validate_training_config(cfg)
+
+
+def test_wrong_type_fails_validation_naming_it():
+    cfg = compose_config("train", ["trainer.batch_size=many"])
+    with pytest.raises(ConfigError, match="trainer.batch_size"):
+        validate_training_config(cfg)
+
+
+def test_impossible_values_fail_validation():
+    for override, key in [
+        ("trainer.precision=fp8", "trainer.precision"),
+        ("schedule.pretrain_steps=-1", "schedule"),
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("generator.scale=2", "generator.scale"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            validate_training_config(compose_config("train", [override]))
+
+
+def test_unknown_loss_term_is_rejected():
+    cfg = compose_config("train", ["+loss.weights.adversarail=0.1"])
+    with pytest.raises(InstantiationException, match="adversarail"):
+        instantiate(cfg.loss, _convert_="all")
+
+
+def test_unknown_component_kwarg_is_rejected():
+    cfg = compose_config("train", ["+generator.n_blokcs=3"])
+    with pytest.raises(InstantiationException, match="n_blokcs"):
+        instantiate(cfg.generator, _convert_="all")
+
+
+def test_cli_prints_composed_config():
+    out = subprocess.run(
+        [sys.executable, "-m", "srgan.train", "--cfg", "job", *TINY[:2]], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "_target_: srgan.models.RCABGenerator" in out.stdout
+    assert "n_channels: 8" in out.stdout
+
+
+def test_cli_unknown_option_exits_before_training():
+    out = subprocess.run(
+        [sys.executable, "-m", "srgan.train", "discriminator=nosuchdisc"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode != 0
+    assert "discriminator/nosuchdisc" in out.stderr
