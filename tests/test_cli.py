@@ -92,3 +92,39 @@ def test_infer_refuses_to_overwrite_and_names_bad_input(trained_run, tmp_path):
     assert out.returncode != 0 and "rgb.tif" in out.stderr and "B08" in out.stderr
     out = run("srgan.infer", f"model={tmp_path}", f"input={three}", f"output={tmp_path}/o.tif", ok=False)
     assert out.returncode != 0 and "not a model folder" in out.stderr
+
+
+def test_two_process_ddp_run_makes_one_folder_and_one_mlflow_run(tmp_path):
+    from tests.conftest import TINY
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [
+        str(launcher),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "srgan.train",
+        *TINY,
+        "trainer.max_steps=4",
+        f"tracking.uri={uri}",
+        f"tracking.artifact_location={tmp_path}/art",
+        f"hydra.run.dir={tmp_path}/runs/ddp",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]
+    assert not (tmp_path / ".hydra").exists()  # rank 1 wrote no run folder of its own
+    client = MlflowClient(uri)
+    (only,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
+    assert only.data.tags["processes"] == "2"
+    assert only.info.status == "FINISHED"
+    assert out.stdout.count("run folder:") == 1

@@ -46,6 +46,13 @@ def _git_commit() -> str | None:
         return None
 
 
+def _has_accelerator() -> bool:
+    # Without one, Accelerate forms a (gloo) process group under `accelerate launch --multi_gpu`
+    # only when told cpu=True; otherwise every process silently trains alone.
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
 def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
@@ -75,7 +82,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     # Accelerate keeps its state in a process-wide singleton; a Hydra multirun (or a test session)
     # trains several runs in one process, each with its own precision. The process group is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=trainer.precision, cpu=trainer.cpu)
+    accelerator = Accelerator(mixed_precision=trainer.precision, cpu=trainer.cpu or not _has_accelerator())
     # Every process must write into the main process's folder, whatever its own clock said.
     run_dir = Path(broadcast_object_list([str(Path(run_dir).resolve())])[0])
     set_seed(trainer.seed)
@@ -179,13 +186,19 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         raise
     finally:
         tracker.finish(status)
-    return {"run_dir": run_dir, "run_id": run_id, "step": state.step, "metrics": metrics}
+    return {
+        "run_dir": run_dir,
+        "run_id": run_id,
+        "step": state.step,
+        "metrics": metrics,
+        "is_main_process": accelerator.is_main_process,
+    }
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     result = train(cfg, HydraConfig.get().runtime.output_dir)
-    if result["run_id"] is not None:
+    if result["is_main_process"]:
         print(f"\nrun folder: {result['run_dir']}\nMLflow run: {result['run_id']}  (open the UI with `make mlflow-ui`)")
     # A sweeper can optimise the returned value.
     return result["metrics"].get("val/psnr")
