@@ -151,3 +151,20 @@ def test_bundled_sample_is_real_sentinel2():
         assert src.descriptions == ("B02", "B03", "B04", "B08")
         assert src.crs.to_epsg() == 32618 and src.res == (10.0, 10.0)
         assert src.dtypes[0] == "uint16"
+
+
+@pytest.mark.parametrize("rows,cols,tile", [(96, 24, 128), (40, 64, 16), (33, 17, 32)])
+def test_validation_tiles_cover_the_region_exactly(rows, cols, tile):
+    from srgan.data.datasets import Tiles
+
+    hr = torch.rand(2, rows * 4, cols * 4)
+    lr = Resample(4)(hr)
+    tiles = Tiles(lr, hr, 4, tile)
+    covered = torch.zeros(rows * 4, cols * 4, dtype=torch.bool)
+    for i, (r, c) in enumerate(tiles.origins):
+        item = tiles[i]
+        assert item["lr"].shape == (2, min(tile // 4, rows), min(tile // 4, cols))
+        assert item["hr"].shape[-2:] == (item["lr"].shape[-2] * 4, item["lr"].shape[-1] * 4)
+        torch.testing.assert_close(item["lr"], Resample(4)(item["hr"]))
+        covered[r * 4 : r * 4 + item["hr"].shape[-2], c * 4 : c * 4 + item["hr"].shape[-1]] = True
+    assert covered.all()

@@ -170,23 +170,26 @@ class RandomPatches(Dataset):
 
 
 class Tiles(Dataset):
-    """Non-overlapping HR tiles covering a region; the last row/column of tiles is shifted inwards."""
+    """Non-overlapping HR tiles covering a whole region; the last row and column of tiles are
+    shifted inwards to end at the region's edge, and tiles shrink to a region narrower than them."""
 
     def __init__(self, lr: torch.Tensor, hr: torch.Tensor, scale: int, tile: int) -> None:
         self.lr, self.hr, self.scale = lr, hr, scale
-        lr_tile = tile // scale
         rows, cols = lr.shape[-2:]
-        starts = lambda n: sorted({min(i, n - lr_tile) for i in range(0, n, lr_tile)})  # noqa: E731
-        self.lr_tile = lr_tile
-        self.origins = [(r, c) for r in starts(rows) for c in starts(cols)]
+        self.tile_rows, self.tile_cols = min(tile // scale, rows), min(tile // scale, cols)
+
+        def starts(size: int, step: int) -> list[int]:
+            return sorted({min(i, size - step) for i in range(0, size, step)})
+
+        self.origins = [(r, c) for r in starts(rows, self.tile_rows) for c in starts(cols, self.tile_cols)]
 
     def __len__(self) -> int:
         return len(self.origins)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         r, c = self.origins[index]
-        p, s = self.lr_tile, self.scale
+        h, w, s = self.tile_rows, self.tile_cols, self.scale
         return {
-            "lr": self.lr[:, r : r + p, c : c + p].contiguous(),
-            "hr": self.hr[:, r * s : (r + p) * s, c * s : (c + p) * s].contiguous(),
+            "lr": self.lr[:, r : r + h, c : c + w].contiguous(),
+            "hr": self.hr[:, r * s : (r + h) * s, c * s : (c + w) * s].contiguous(),
         }
