@@ -1,51 +1,186 @@
-"""Shapes at every scale and band count; the global residual makes step 0 equal to bicubic."""
+"""Every generator at every scale and band count; every discriminator at several input sizes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
-from srgan.models import RCABGenerator, SRGANDiscriminator
+from srgan.config import CONF_DIR
+from srgan.models import (
+    ESRGANDiscriminator,
+    LKAGenerator,
+    PatchGANDiscriminator,
+    RCABGenerator,
+    RRDBGenerator,
+    SRGANDiscriminator,
+    SRResNetGenerator,
+    StochasticGenerator,
+    UNetDiscriminator,
+)
 from srgan.models.blocks import PixelShuffleUpsampler, upsample_image
+from tests.conftest import compose_config
+
+GENERATOR_OPTIONS = sorted(p.stem for p in (CONF_DIR / "generator").glob("*.yaml"))
+DISCRIMINATOR_OPTIONS = sorted(p.stem for p in (CONF_DIR / "discriminator").glob("*.yaml"))
+SMALL = {"n_channels": 8, "n_blocks": 2}
 
 
+def small_generator(option: str, bands: int, scale: int, **extra) -> torch.nn.Module:
+    cfg = compose_config("train", [f"generator={option}"])
+    node = {**cfg.generator, "in_channels": bands, "out_channels": bands, "scale": scale, **SMALL, **extra}
+    if option == "rcab":
+        node["reduction"] = 2  # 4 hidden units in the attention gate: none dead at this seed
+    return instantiate(node, _convert_="all")
+
+
+def test_every_family_is_configured():
+    assert set(GENERATOR_OPTIONS) >= {"srresnet", "rcab", "rrdb", "lka", "esrgan", "stochastic"}
+    assert set(DISCRIMINATOR_OPTIONS) >= {"srgan", "patchgan", "esrgan", "unet"}
+
+
+@pytest.mark.parametrize("option", GENERATOR_OPTIONS)
 @pytest.mark.parametrize("scale", [2, 3, 4, 8])
 @pytest.mark.parametrize("bands", [1, 3, 4, 6])
-def test_generator_shapes_and_identity_at_init(scale, bands):
-    g = RCABGenerator(bands, bands, scale, n_channels=8, n_blocks=1, reduction=4)
-    lr = torch.rand(2, bands, 10, 12)
+def test_generator_shape_finite_and_bicubic_at_init(option, scale, bands):
+    g = small_generator(option, bands, scale)
+    lr = torch.rand(2, bands, 6, 7)
     sr = g(lr)
-    assert sr.shape == (2, bands, 10 * scale, 12 * scale)
+    assert sr.shape == (2, bands, 6 * scale, 7 * scale)
+    assert torch.isfinite(sr).all()
+    # Global residual with a zero tail: the untrained generator is exactly bicubic upsampling.
     torch.testing.assert_close(sr, upsample_image(lr, scale, "bicubic"))
 
 
-def test_generator_without_global_residual_is_not_bicubic():
-    g = RCABGenerator(4, 4, 4, n_channels=8, n_blocks=1, reduction=4, global_residual=None)
+@pytest.mark.parametrize("option", GENERATOR_OPTIONS)
+@pytest.mark.parametrize("upsampler", ["pixelshuffle", "nearest"])
+def test_gradients_reach_every_parameter(option, upsampler):
+    torch.manual_seed(0)
+    g = small_generator(option, 4, 4, upsampler=upsampler)
+    lr, hr = torch.rand(2, 4, 8, 8), torch.rand(2, 4, 32, 32)
+    opt = torch.optim.SGD(g.parameters(), lr=0.1)
+    # Step 0 only moves the zero-initialised tail (nothing upstream of a zero layer gets gradient);
+    # from step 1 on, every parameter must receive a non-zero gradient.
+    for _ in range(2):
+        opt.zero_grad()
+        (g(lr) - hr).abs().mean().backward()
+        if _ == 0:
+            opt.step()
+    dead = [n for n, p in g.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"{option}: no gradient reaches {dead}"
+
+
+@pytest.mark.parametrize("option", GENERATOR_OPTIONS)
+def test_generator_without_global_residual(option):
+    g = small_generator(option, 3, 2, global_residual=None)
+    lr = torch.rand(1, 3, 8, 8)
+    out = g(lr)
+    assert out.shape == (1, 3, 16, 16) and not torch.allclose(out, upsample_image(lr, 2, "bicubic"))
+
+
+@pytest.mark.parametrize("cls", [SRResNetGenerator, RCABGenerator, RRDBGenerator, LKAGenerator, StochasticGenerator])
+def test_bad_scale_or_band_count_fails_at_construction(cls):
+    with pytest.raises(ValueError, match=r"scale must be one of \(2, 3, 4, 8\), got 5"):
+        cls(4, 4, 5, n_channels=8, n_blocks=1)
+    with pytest.raises(ValueError, match="in_channels must be a positive integer"):
+        cls(0, 0, 4, n_channels=8, n_blocks=1)
+    with pytest.raises(ValueError, match="in_channels == out_channels"):
+        cls(4, 3, 4, n_channels=8, n_blocks=1)
+    with pytest.raises(ValueError, match="upsampler"):
+        cls(4, 4, 4, n_channels=8, n_blocks=1, upsampler="deconv")
+
+
+def test_published_default_sizes():
+    for cls in (SRResNetGenerator, RCABGenerator, RRDBGenerator, LKAGenerator):
+        g = cls(4, 4, 4)
+        assert g.head.out_channels == 64 and len(g.body) == 16 + 1, cls.__name__
+    esrgan = instantiate(compose_config("train", ["generator=esrgan"]).generator, _convert_="all")
+    assert len(esrgan.body) == 23 + 1
+    assert esrgan.body[0].blocks[0].convs[0].out_channels == 32  # growth channels
+
+
+def test_rrdb_growth_and_residual_scaling_are_used():
+    a = RRDBGenerator(4, 4, 4, n_channels=8, n_blocks=1, growth_channels=4)
+    b = RRDBGenerator(4, 4, 4, n_channels=8, n_blocks=1, growth_channels=12)
+    assert sum(p.numel() for p in a.parameters()) < sum(p.numel() for p in b.parameters())
+    x = torch.rand(1, 8, 6, 6)
+    block = b.body[0]
+    torch.manual_seed(0)
+    block.res_scale = 0.0
+    torch.testing.assert_close(block(x), x)  # res_scale 0: the block is the identity
+    block.res_scale = 0.5
+    assert not torch.allclose(block(x), x)
+
+
+def test_srresnet_norm_is_selectable():
+    g = SRResNetGenerator(4, 4, 2, n_channels=8, n_blocks=1, norm="batch")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in g.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in SRResNetGenerator(4, 4, 2, n_blocks=1).modules())
+    with pytest.raises(ValueError, match="norm"):
+        SRResNetGenerator(4, 4, 2, norm="layer")
+
+
+def test_stochastic_noise_modes():
+    g = StochasticGenerator(4, 4, 2, n_channels=8, n_blocks=2, noise_mode="fixed", noise_seed=1)
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if "strength" in name or name.startswith("tail"):
+                p.normal_(std=0.5)
     lr = torch.rand(1, 4, 8, 8)
-    assert not torch.allclose(g(lr), upsample_image(lr, 4, "bicubic"))
-
-
-def test_generator_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="scale"):
-        RCABGenerator(4, 4, 5)
-    with pytest.raises(ValueError, match="global_residual"):
-        RCABGenerator(4, 4, 4, global_residual="lanczos")
+    g.eval()
+    with torch.no_grad():
+        fixed_a, fixed_b = g(lr), g(lr)
+        g.set_noise("fixed", seed=2)
+        other_seed = g(lr)
+        g.set_noise("random")
+        rand_a, rand_b = g(lr), g(lr)
+        g.set_noise("none")
+        none_a, none_b = g(lr), g(lr)
+        g.train()
+        train_a, train_b = g(lr), g(lr)
+    torch.testing.assert_close(fixed_a, fixed_b)
+    assert not torch.allclose(fixed_a, other_seed)
+    assert not torch.allclose(rand_a, rand_b)
+    torch.testing.assert_close(none_a, none_b)
+    assert not torch.allclose(train_a, train_b)  # noise is always resampled in training
+    with pytest.raises(ValueError, match="noise_mode"):
+        g.set_noise("sometimes")
 
 
 def test_icnr_upsampler_starts_as_nearest_neighbour():
     up = PixelShuffleUpsampler(4, 2)
-    x = torch.rand(1, 4, 5, 5)
-    y = up(x)
-    # Every 2x2 output cell holds one value: no checkerboard at initialisation.
+    y = up(torch.rand(1, 4, 5, 5))
     cells = y.unfold(2, 2, 2).unfold(3, 2, 2)
     assert torch.allclose(cells, cells[..., :1, :1].expand_as(cells))
 
 
-@pytest.mark.parametrize("size", [32, 48, 96, 128])
+def small_discriminator(option: str, bands: int, **extra) -> torch.nn.Module:
+    cfg = compose_config("train", [f"discriminator={option}"])
+    return instantiate({**cfg.discriminator, "in_channels": bands, "base_channels": 8, **extra}, _convert_="all")
+
+
+@pytest.mark.parametrize("option", DISCRIMINATOR_OPTIONS)
+@pytest.mark.parametrize("size", [(32, 32), (64, 64), (128, 128), (96, 64)])
 @pytest.mark.parametrize("spectral_norm", [False, True])
-def test_discriminator_accepts_any_patch_size(size, spectral_norm):
-    d = SRGANDiscriminator(6, base_channels=8, n_stages=3, head_features=16, spectral_norm=spectral_norm)
-    assert d(torch.rand(3, 6, size, size)).shape == (3, 1)
+def test_discriminator_accepts_any_patch_size(option, size, spectral_norm):
+    d = small_discriminator(option, 6, spectral_norm=spectral_norm)
+    x = torch.rand(2, 6, *size, requires_grad=True)
+    logits = d(x)
+    assert logits.shape[:2] == (2, 1) and torch.isfinite(logits).all()
+    if option == "unet":
+        assert logits.shape[-2:] == size  # per-pixel decisions
+    if option == "patchgan":
+        assert logits.dim() == 4 and logits.shape[-1] > 1  # per-patch decisions
+    logits.mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_spectral_norm_is_applied_when_asked():
+    for cls in (SRGANDiscriminator, PatchGANDiscriminator, ESRGANDiscriminator, UNetDiscriminator):
+        with_sn = cls(4, base_channels=8, spectral_norm=True)
+        without = cls(4, base_channels=8, spectral_norm=False)
+        assert any(n.endswith("weight_orig") for n, _ in with_sn.named_parameters()), cls.__name__
+        assert not any(n.endswith("weight_orig") for n, _ in without.named_parameters()), cls.__name__
 
 
 def test_discriminator_head_does_not_grow_with_patch_size():
@@ -53,3 +188,24 @@ def test_discriminator_head_does_not_grow_with_patch_size():
     # The reference's dense head over a flattened 128 px input has 18.9 M parameters on its own;
     # after adaptive pooling ours is Linear(512, 1024) + Linear(1024, 1).
     assert sum(p.numel() for p in d.head.parameters()) == 512 * 1024 + 1024 + 1024 + 1
+
+
+def test_discriminator_rejects_bad_band_count():
+    for cls in (SRGANDiscriminator, PatchGANDiscriminator, ESRGANDiscriminator, UNetDiscriminator):
+        with pytest.raises(ValueError, match="in_channels must be a positive integer"):
+            cls(0)
+
+
+def test_docs_model_table_is_generated_and_current():
+    import subprocess
+    import sys
+
+    from srgan.config import PROJECT_ROOT
+
+    out = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "model_table.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr

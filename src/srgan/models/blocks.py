@@ -9,6 +9,46 @@ from torch import nn
 from torch.nn import functional as F
 
 SUPPORTED_SCALES = (2, 3, 4, 8)
+NORMS = ("none", "batch", "instance")
+
+
+def check_scale(scale: int) -> None:
+    if scale not in SUPPORTED_SCALES:
+        raise ValueError(f"scale must be one of {SUPPORTED_SCALES}, got {scale}")
+
+
+def check_channels(**counts: int) -> None:
+    for name, value in counts.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer (a band or channel count), got {value!r}")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``none`` (identity), ``batch`` or ``instance`` normalisation over ``channels``."""
+    if kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+class ResidualBlock(nn.Module):
+    """SRResNet block (Ledig et al. 2017): conv-norm-PReLU-conv-norm plus identity."""
+
+    def __init__(self, channels: int, norm: str = "none") -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            norm_layer(norm, channels),
+            nn.PReLU(channels),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            norm_layer(norm, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
 
 
 class ChannelAttention(nn.Module):
@@ -46,6 +86,137 @@ class RCAB(nn.Module):
         return x + self.res_scale * self.body(x)
 
 
+class DenseBlock(nn.Module):
+    """ESRGAN residual dense block (Wang et al. 2018): five convs, each seeing all earlier outputs.
+
+    ``growth`` is the channel count each of the first four convs adds; the fifth maps back to
+    ``channels`` and its output is added to the input scaled by ``res_scale``.
+    """
+
+    def __init__(self, channels: int, growth: int = 32, res_scale: float = 0.2) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(channels + i * growth, growth, 3, padding=1) for i in range(4))
+        self.fuse = nn.Conv2d(channels + 4 * growth, channels, 3, padding=1)
+        self.res_scale = res_scale
+        for conv in [*self.convs, self.fuse]:
+            # ESRGAN's trick: scaled-down Kaiming init keeps the deep residual stack stable.
+            nn.init.kaiming_normal_(conv.weight, a=0.2)
+            conv.weight.data.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for conv in self.convs:
+            features.append(F.leaky_relu(conv(torch.cat(features, 1)), 0.2))
+        return x + self.res_scale * self.fuse(torch.cat(features, 1))
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block: three dense blocks inside a scaled residual."""
+
+    def __init__(self, channels: int, growth: int = 32, res_scale: float = 0.2) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(DenseBlock(channels, growth, res_scale) for _ in range(3)))
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.res_scale * self.blocks(x)
+
+
+class LargeKernelAttention(nn.Module):
+    """LKA (Guo et al. 2022, "Visual Attention Network"): a large receptive field decomposed into a
+    depthwise conv, a dilated depthwise conv and a pointwise conv, used as a multiplicative gate."""
+
+    def __init__(self, channels: int, kernel: int = 5, dilated_kernel: int = 7, dilation: int = 3) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels, kernel, padding=kernel // 2, groups=channels)
+        self.dilated = nn.Conv2d(
+            channels,
+            channels,
+            dilated_kernel,
+            padding=dilation * (dilated_kernel // 2),
+            dilation=dilation,
+            groups=channels,
+        )
+        self.pointwise = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.pointwise(self.dilated(self.depthwise(x)))
+
+
+class LKABlock(nn.Module):
+    """VAN-style block: 1x1 -> GELU -> LKA gate -> 1x1 with a skip, then a depthwise feed-forward."""
+
+    def __init__(
+        self, channels: int, kernel: int = 5, dilated_kernel: int = 7, dilation: int = 3, mlp_ratio: float = 2.0
+    ) -> None:
+        super().__init__()
+        hidden = max(1, int(channels * mlp_ratio))
+        self.attention = nn.Sequential(
+            nn.Conv2d(channels, channels, 1),
+            nn.GELU(),
+            LargeKernelAttention(channels, kernel, dilated_kernel, dilation),
+            nn.Conv2d(channels, channels, 1),
+        )
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1),
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(x)
+        return x + self.mlp(x)
+
+
+NOISE_MODES = ("random", "fixed", "none")
+
+
+class NoiseInjection(nn.Module):
+    """Adds per-pixel Gaussian noise times a learned per-channel strength (as in StyleGAN).
+
+    In training the noise is always fresh. In eval mode ``mode`` decides: ``random`` draws new
+    noise every call (several plausible outputs per input), ``fixed`` draws it from ``seed`` so the
+    same input always gives the same output, ``none`` adds nothing.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        # Zero strength: the untrained network is deterministic, and training decides how much noise helps.
+        self.strength = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.mode = "random"
+        self.seed = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = "random" if self.training else self.mode
+        if mode == "none":
+            return x
+        shape = (x.shape[0], 1, x.shape[2], x.shape[3])
+        if mode == "random":
+            noise = torch.randn(shape, device=x.device, dtype=x.dtype)
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            noise = torch.randn(shape, generator=gen).to(device=x.device, dtype=x.dtype)
+        return x + self.strength * noise
+
+
+class StochasticBlock(nn.Module):
+    """Residual block with noise injected after each conv: conv-noise-LReLU-conv-noise plus identity."""
+
+    def __init__(self, channels: int, res_scale: float = 1.0) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.noise1 = NoiseInjection(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.noise2 = NoiseInjection(channels)
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.leaky_relu(self.noise1(self.conv1(x)), 0.2)
+        return x + self.res_scale * self.noise2(self.conv2(y))
+
+
 def icnr_(weight: torch.Tensor, factor: int) -> None:
     """ICNR initialisation (Aitken et al. 2017) of a conv that feeds ``PixelShuffle(factor)``.
 
@@ -60,20 +231,39 @@ def icnr_(weight: torch.Tensor, factor: int) -> None:
         weight.copy_(sub.repeat_interleave(factor**2, dim=0))
 
 
+def _stage_factors(scale: int) -> list[int]:
+    check_scale(scale)
+    return [3] if scale == 3 else [2] * int(math.log2(scale))
+
+
 class PixelShuffleUpsampler(nn.Sequential):
-    """Conv + pixel shuffle stages: x2 stages for 2/4/8, a single x3 stage for 3."""
+    """Conv + pixel shuffle stages (ICNR-initialised): x2 stages for 2/4/8, a single x3 stage for 3."""
 
     def __init__(self, channels: int, scale: int) -> None:
-        if scale not in SUPPORTED_SCALES:
-            raise ValueError(f"scale must be one of {SUPPORTED_SCALES}, got {scale}")
-        factors = [3] if scale == 3 else [2] * int(math.log2(scale))
         layers: list[nn.Module] = []
-        for f in factors:
+        for f in _stage_factors(scale):
             conv = nn.Conv2d(channels, channels * f * f, 3, padding=1)
             icnr_(conv.weight, f)
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.PixelShuffle(f), nn.LeakyReLU(0.2, inplace=True)]
         super().__init__(*layers)
+
+
+class NearestConvUpsampler(nn.Module):
+    """Nearest-neighbour interpolation then conv per stage (ESRGAN's upsampler): no checkerboard by design."""
+
+    def __init__(self, channels: int, scale: int) -> None:
+        super().__init__()
+        self.factors = _stage_factors(scale)
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in self.factors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for f, conv in zip(self.factors, self.convs):
+            x = F.leaky_relu(conv(F.interpolate(x, scale_factor=f, mode="nearest")), 0.2)
+        return x
+
+
+UPSAMPLERS = {"pixelshuffle": PixelShuffleUpsampler, "nearest": NearestConvUpsampler}
 
 
 def upsample_image(x: torch.Tensor, scale: int, mode: str) -> torch.Tensor:

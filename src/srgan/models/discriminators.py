@@ -1,10 +1,23 @@
-"""Discriminator families. All share ``in_channels`` and ``base_channels``."""
+"""Discriminator families. All share ``in_channels``, ``base_channels`` and ``spectral_norm``.
+
+Each returns raw logits: one per image (``srgan``, ``esrgan``), one per patch (``patchgan``) or
+one per pixel (``unet``); the adversarial losses work element-wise on any of these shapes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import spectral_norm as _spectral_norm
+
+from srgan.models.blocks import check_channels, norm_layer
+
+
+def _wrapper(spectral_norm: bool) -> Callable[[nn.Module], nn.Module]:
+    return _spectral_norm if spectral_norm else (lambda m: m)
 
 
 class SRGANDiscriminator(nn.Module):
@@ -23,10 +36,12 @@ class SRGANDiscriminator(nn.Module):
         spectral_norm: bool = False,
     ) -> None:
         super().__init__()
-        if n_stages < 1:
-            raise ValueError(f"n_stages must be >= 1, got {n_stages}")
-        wrap = _spectral_norm if spectral_norm else (lambda m: m)
-        layers: list[nn.Module] = [wrap(nn.Conv2d(in_channels, base_channels, 3, padding=1)), nn.LeakyReLU(0.2, True)]
+        check_channels(in_channels=in_channels, base_channels=base_channels, n_stages=n_stages)
+        wrap = _wrapper(spectral_norm)
+        layers: list[nn.Module] = [
+            wrap(nn.Conv2d(in_channels, base_channels, 3, padding=1)),
+            nn.LeakyReLU(0.2, True),
+        ]
         channels = base_channels
         for stage in range(n_stages):
             out = base_channels * 2 ** min(stage, 3)
@@ -47,3 +62,144 @@ class SRGANDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return one logit per image, shape ``(batch, 1)``."""
         return self.head(self.features(x))
+
+
+class PatchGANDiscriminator(nn.Module):
+    """PatchGAN (Isola et al. 2017): ``n_layers`` strided convs, one logit per receptive-field patch."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        base_channels: int = 64,
+        n_layers: int = 3,
+        norm: str = "batch",
+        spectral_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        check_channels(in_channels=in_channels, base_channels=base_channels, n_layers=n_layers)
+        wrap = _wrapper(spectral_norm)
+        # No norm layer next to spectral norm: both try to control the layer's scale.
+        norm = "none" if spectral_norm else norm
+        layers: list[nn.Module] = [
+            wrap(nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1)),
+            nn.LeakyReLU(0.2, True),
+        ]
+        channels = base_channels
+        for i in range(1, n_layers + 1):
+            out = base_channels * 2 ** min(i, 3)
+            stride = 2 if i < n_layers else 1
+            layers += [
+                wrap(nn.Conv2d(channels, out, 4, stride=stride, padding=1, bias=norm == "none")),
+                norm_layer(norm, out),
+                nn.LeakyReLU(0.2, True),
+            ]
+            channels = out
+        layers.append(wrap(nn.Conv2d(channels, 1, 4, stride=1, padding=1)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return a map of patch logits, shape ``(batch, 1, h, w)``."""
+        return self.net(x)
+
+
+class ESRGANDiscriminator(nn.Module):
+    """VGG-style discriminator of ESRGAN (Wang et al. 2018): five stages of conv3x3 + strided conv4x4.
+
+    The original flattens a 4x4 map from a fixed 128 px input; here the map is adaptively pooled
+    to ``pool x pool`` first, so any patch size works.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        base_channels: int = 64,
+        n_stages: int = 5,
+        norm: str = "batch",
+        pool: int = 4,
+        head_features: int = 100,
+        spectral_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        check_channels(in_channels=in_channels, base_channels=base_channels, n_stages=n_stages, pool=pool)
+        wrap = _wrapper(spectral_norm)
+        norm = "none" if spectral_norm else norm
+        layers: list[nn.Module] = [
+            wrap(nn.Conv2d(in_channels, base_channels, 3, padding=1)),
+            nn.LeakyReLU(0.2, True),
+            wrap(nn.Conv2d(base_channels, base_channels, 4, stride=2, padding=1, bias=norm == "none")),
+            norm_layer(norm, base_channels),
+            nn.LeakyReLU(0.2, True),
+        ]
+        channels = base_channels
+        for stage in range(1, n_stages):
+            out = base_channels * 2 ** min(stage, 3)
+            layers += [
+                wrap(nn.Conv2d(channels, out, 3, padding=1, bias=norm == "none")),
+                norm_layer(norm, out),
+                nn.LeakyReLU(0.2, True),
+                wrap(nn.Conv2d(out, out, 4, stride=2, padding=1, bias=norm == "none")),
+                norm_layer(norm, out),
+                nn.LeakyReLU(0.2, True),
+            ]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(pool),
+            nn.Flatten(),
+            wrap(nn.Linear(channels * pool * pool, head_features)),
+            nn.LeakyReLU(0.2, True),
+            wrap(nn.Linear(head_features, 1)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return one logit per image, shape ``(batch, 1)``."""
+        return self.head(self.features(x))
+
+
+class UNetDiscriminator(nn.Module):
+    """U-Net discriminator with spectral normalisation (Real-ESRGAN, Wang et al. 2021).
+
+    Three strided downsampling convs, three bilinear upsampling stages with skip connections, and
+    one logit per input pixel: the generator is told where an image looks fake, not only whether.
+    """
+
+    def __init__(self, in_channels: int, base_channels: int = 64, spectral_norm: bool = True) -> None:
+        super().__init__()
+        check_channels(in_channels=in_channels, base_channels=base_channels)
+        wrap = _wrapper(spectral_norm)
+        c = base_channels
+        self.conv0 = nn.Conv2d(in_channels, c, 3, padding=1)
+        self.down = nn.ModuleList(
+            [
+                wrap(nn.Conv2d(c, c * 2, 4, 2, 1, bias=False)),
+                wrap(nn.Conv2d(c * 2, c * 4, 4, 2, 1, bias=False)),
+                wrap(nn.Conv2d(c * 4, c * 8, 4, 2, 1, bias=False)),
+            ]
+        )
+        self.up = nn.ModuleList(
+            [
+                wrap(nn.Conv2d(c * 8, c * 4, 3, 1, 1, bias=False)),
+                wrap(nn.Conv2d(c * 4, c * 2, 3, 1, 1, bias=False)),
+                wrap(nn.Conv2d(c * 2, c, 3, 1, 1, bias=False)),
+            ]
+        )
+        self.refine = nn.Sequential(
+            wrap(nn.Conv2d(c, c, 3, 1, 1, bias=False)),
+            nn.LeakyReLU(0.2, True),
+            wrap(nn.Conv2d(c, c, 3, 1, 1, bias=False)),
+            nn.LeakyReLU(0.2, True),
+        )
+        self.out = nn.Conv2d(c, 1, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return per-pixel logits, shape ``(batch, 1, H, W)``."""
+        skips = [F.leaky_relu(self.conv0(x), 0.2)]
+        for conv in self.down:
+            skips.append(F.leaky_relu(conv(skips[-1]), 0.2))
+        y = skips.pop()
+        for conv in self.up:
+            skip = skips.pop()
+            # Sizes that are not multiples of 8 are matched exactly instead of assuming x2.
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = F.leaky_relu(conv(y), 0.2) + skip
+        return self.out(self.refine(y))
