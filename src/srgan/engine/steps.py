@@ -36,7 +36,11 @@ def generator_step(
         if adversarial_weight > 0:
             discriminator.requires_grad_(False)
             try:
-                g_adv = loss.adversarial.generator_loss(discriminator(sr))
+                real_logits = None
+                if loss.adversarial.generator_needs_real:
+                    with torch.no_grad():
+                        real_logits = discriminator(batch["hr"])
+                g_adv = loss.adversarial.generator_loss(discriminator(sr), real_logits)
             finally:
                 discriminator.requires_grad_(True)
             total = total + adversarial_weight * g_adv
@@ -58,18 +62,36 @@ def discriminator_step(
     sr: torch.Tensor,
     grad_clip: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Update D on real HR against detached SR; returns the loss and mean probabilities D(y), D(G(x))."""
+    """Update D on real HR against detached SR; returns the losses and mean probabilities D(y), D(G(x)).
+
+    Real, fake and (for WGAN-GP) interpolated images go through D in one forward pass, so DDP
+    reduces D's gradients once; the R1 and gradient penalties differentiate that same pass.
+    """
+    adversarial = loss.adversarial
+    n = hr.shape[0]
+    real = hr.detach().requires_grad_(adversarial.r1_weight > 0)
+    fake = sr.detach()
+    inputs = [real, fake]
+    interp = None
+    if adversarial.gp_weight > 0:
+        alpha = torch.rand(n, 1, 1, 1, device=hr.device, dtype=hr.dtype)
+        interp = (alpha * real.detach() + (1 - alpha) * fake).requires_grad_(True)
+        inputs.append(interp)
     with accelerator.autocast():
-        # One forward pass over real and fake together: one DDP reduction per step.
-        logits = discriminator(torch.cat([hr, sr.detach()]))
-    real_logits, fake_logits = logits.float().chunk(2)
-    d_loss = loss.adversarial.discriminator_loss(real_logits, fake_logits)
+        logits = discriminator(torch.cat(inputs))
+    chunks = logits.float().split(n)
+    real_logits, fake_logits = chunks[0], chunks[1]
+    d_loss = adversarial.discriminator_loss(real_logits, fake_logits)
+    penalties = adversarial.penalties(real_logits, real, chunks[2] if interp is not None else None, interp)
+    total = d_loss + sum(penalties.values())
     optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(d_loss)
+    accelerator.backward(total)
     _clip(accelerator, discriminator, grad_clip)
     optimizer.step()
-    return {
+    stats = {
         "d_loss": d_loss.detach(),
         "d_real_prob": torch.sigmoid(real_logits).mean().detach(),
         "d_fake_prob": torch.sigmoid(fake_logits).mean().detach(),
     }
+    stats.update({f"d_{k}": v.detach() for k, v in penalties.items()})
+    return stats

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
+from typing import Any
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from srgan.losses.adversarial import GANLoss
@@ -17,11 +21,13 @@ class CompositeLoss(nn.Module):
 
     Every weight must name a configured term (or ``adversarial``) and every term needs a weight,
     so a misspelt key fails here instead of being silently ignored. A term whose weight is 0 is
-    not computed at all. The adversarial weight in ``weights`` is the target that the training
-    schedule ramps up to.
+    never computed, and :func:`build_loss` does not even construct it (no VGG is loaded for a
+    perceptual weight of 0). The adversarial weight is the target the training schedule ramps to.
     """
 
-    def __init__(self, weights: Mapping[str, float], terms: Mapping[str, nn.Module], adversarial: GANLoss) -> None:
+    def __init__(
+        self, weights: Mapping[str, float], terms: Mapping[str, nn.Module | None], adversarial: GANLoss
+    ) -> None:
         super().__init__()
         weights = dict(weights)
         unknown = set(weights) - set(terms) - {ADVERSARIAL}
@@ -35,8 +41,11 @@ class CompositeLoss(nn.Module):
         for name, w in weights.items():
             if w < 0:
                 raise ValueError(f"loss.weights.{name} must be >= 0, got {w}")
+        for name, term in terms.items():
+            if term is None and weights[name] != 0:
+                raise ValueError(f"loss.terms.{name} is not built but loss.weights.{name}={weights[name]}")
         self.weights = weights
-        self.terms = nn.ModuleDict(dict(terms))
+        self.terms = nn.ModuleDict({k: v for k, v in terms.items() if v is not None and weights[k] != 0})
         self.adversarial = adversarial
 
     @property
@@ -44,14 +53,23 @@ class CompositeLoss(nn.Module):
         return float(self.weights[ADVERSARIAL])
 
     def content(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted content loss, computed in fp32, and each unweighted term (detached)."""
-        sr, hr = sr.float(), hr.float()
-        total = sr.new_zeros(())
-        parts: dict[str, torch.Tensor] = {}
-        for name, term in self.terms.items():
-            if self.weights[name] == 0:
-                continue
-            value = term(sr, hr)
-            parts[name] = value.detach()
-            total = total + self.weights[name] * value
+        """Weighted content loss, computed in fp32 even under autocast, and each unweighted term (detached)."""
+        with torch.autocast(sr.device.type, enabled=False):
+            sr, hr = sr.float(), hr.float()
+            total = sr.new_zeros(())
+            parts: dict[str, torch.Tensor] = {}
+            for name, term in self.terms.items():
+                value = term(sr, hr)
+                parts[name] = value.detach()
+                total = total + self.weights[name] * value
         return total, parts
+
+
+def build_loss(node: DictConfig | Mapping[str, Any]) -> CompositeLoss:
+    """Instantiate a loss config, skipping the construction of terms whose weight is 0."""
+    node = copy.deepcopy(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+    weights = node.get("weights", {})
+    for name in list(node.get("terms", {})):
+        if weights.get(name, None) == 0:
+            node["terms"][name] = None
+    return instantiate(node, _convert_="all")
