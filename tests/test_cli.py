@@ -115,6 +115,9 @@ def test_two_process_ddp_run_makes_one_folder_and_one_mlflow_run(tmp_path):
         "srgan.train",
         *TINY,
         "trainer.max_steps=4",
+        # The penalties differentiate D's DDP forward pass twice (create_graph): exercise that too.
+        "loss.adversarial.gan_type=wgan_gp",
+        "loss.adversarial.r1_weight=1.0",
         f"tracking.uri={uri}",
         f"tracking.artifact_location={tmp_path}/art",
         f"hydra.run.dir={tmp_path}/runs/ddp",
@@ -127,4 +130,5 @@ def test_two_process_ddp_run_makes_one_folder_and_one_mlflow_run(tmp_path):
     (only,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
     assert only.data.tags["processes"] == "2"
     assert only.info.status == "FINISHED"
+    assert {"train/d_gp", "train/d_r1"} <= set(only.data.metrics)
     assert out.stdout.count("run folder:") == 1

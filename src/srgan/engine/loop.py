@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -83,6 +84,8 @@ def fit(
         disable=not (accelerator.is_main_process and cadence.progress),
         dynamic_ncols=True,
         unit="step",
+        # Redirected to a file (CI, nohup), a redraw per step would fill the log with bars.
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )
     tick, tick_step = time.perf_counter(), state.step
     generator.train()
