@@ -279,3 +279,15 @@ def test_bad_loss_configs_fail_before_training_naming_the_key():
                 "train", ["loss=full", "loss.weights.perceptual=1", "loss.terms.perceptual.rgb_bands=[0,1,7]"]
             ).loss
         )
+
+
+def test_install_converts_into_an_empty_hub_cache(tmp_path, monkeypatch):
+    # CI machines may already hold the files in the real cache; convert into a fresh one here.
+    from srgan.weights import install
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    report = install()
+    assert set(report) == {"vgg16", "alexnet"} and all("converted" in v for v in report.values())
+    for network in ("vgg16", "alexnet"):
+        getattr(torchvision.models, network)(weights="IMAGENET1K_V1")  # strict load from the new cache
+    assert all("left as is" in v for v in install().values())  # never overwrites
