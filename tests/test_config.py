@@ -126,3 +126,9 @@ def test_cli_unknown_option_exits_before_training():
     )
     assert out.returncode != 0
     assert "discriminator/nosuchdisc" in out.stderr
+
+
+def test_resume_from_a_missing_checkpoint_fails_naming_the_key(tmp_path):
+    cfg = compose_config("train", [f"trainer.resume_from={tmp_path}/nope"])
+    with pytest.raises(ConfigError, match="trainer.resume_from"):
+        validate_training_config(cfg)

@@ -53,6 +53,11 @@ class TrainerConfig:
             raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.max_steps < 1 or self.batch_size < 1 or self.val_batch_size < 1:
             raise ConfigError("trainer.max_steps, trainer.batch_size and trainer.val_batch_size must be >= 1")
+        if self.resume_from is not None and not (Path(self.resume_from) / "model.safetensors").is_file():
+            raise ConfigError(
+                f"trainer.resume_from={self.resume_from!r} is not a checkpoint folder "
+                "(expected <run>/checkpoints/last written by srgan-train)"
+            )
         _positive(
             "trainer",
             log_every=self.log_every,
