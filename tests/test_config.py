@@ -129,6 +129,6 @@ def test_cli_unknown_option_exits_before_training():
 
 
 def test_resume_from_a_missing_checkpoint_fails_naming_the_key(tmp_path):
-    cfg = compose_config("train", [f"trainer.resume_from={tmp_path}/nope"])
-    with pytest.raises(ConfigError, match="trainer.resume_from"):
+    cfg = compose_config("train", [f"resume={tmp_path}/nope"])
+    with pytest.raises(ConfigError, match="resume="):
         validate_training_config(cfg)

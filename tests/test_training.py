@@ -52,7 +52,7 @@ def test_tiny_run_logs_everything_and_exports_the_ema_generator(tmp_path, tiny_o
 
     # The released weights are the EMA generator's, bit for bit, and rebuild without the training config.
     exported = load_file(str(run_dir / "model" / "generator.safetensors"))
-    ema_state = torch.load(run_dir / "checkpoints" / "last" / "custom_checkpoint_0.pkl", weights_only=True)
+    ema_state = torch.load(run_dir / "checkpoints" / "step-00000006" / "custom_checkpoint_0.pkl", weights_only=True)
     for key, value in exported.items():
         torch.testing.assert_close(value, ema_state["module"][key])
     model = load_model(run_dir)
@@ -65,14 +65,15 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_overrides):
     first = train(compose_config("train", tiny_overrides + ["trainer.max_steps=3"]), tmp_path / "first")
     assert first["step"] == 3
     resumed = train(
-        compose_config("train", tiny_overrides + [f"trainer.resume_from={tmp_path}/first/checkpoints/last"]),
-        tmp_path / "resumed",
+        compose_config("train", tiny_overrides + [f"resume={tmp_path}/first/checkpoints/step-00000003"]),
+        tmp_path / "unused",
     )
+    assert resumed["run_dir"] == first["run_dir"] and resumed["run_id"] == first["run_id"]
     assert resumed["step"] == 6
     a = load_file(str(straight["run_dir"] / "model" / "generator.safetensors"))
     b = load_file(str(resumed["run_dir"] / "model" / "generator.safetensors"))
     for key in a:
-        torch.testing.assert_close(a[key], b[key])
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_bf16_run_trains_with_finite_losses(tmp_path, tiny_overrides):

@@ -17,6 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
+from srgan.engine.schedules import LR_POLICIES
+
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -31,6 +33,31 @@ def _positive(section: str, **values: int) -> None:
 
 
 @dataclass
+class CheckpointConfig:
+    keep_last: int = 2
+    best_metric: str | None = "val/psnr"
+    best_mode: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.keep_last < 1:
+            raise ConfigError(f"trainer.checkpoint.keep_last must be >= 1, got {self.keep_last}")
+        if self.best_mode not in ("max", "min"):
+            raise ConfigError(f"trainer.checkpoint.best_mode must be 'max' or 'min', got {self.best_mode!r}")
+
+
+@dataclass
+class HealthConfig:
+    patience: int = 5
+    fake_prob_floor: float = 0.05
+    real_prob_ceiling: float = 0.95
+    adversarial_loss_factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise ConfigError(f"trainer.health.patience must be >= 1, got {self.patience}")
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 1000
     batch_size: int = 16
@@ -39,25 +66,28 @@ class TrainerConfig:
     log_every: int = 10
     val_every: int = 200
     ckpt_every: int = 0
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     grad_clip: float | None = None
+    grad_accumulation: int = 1
+    max_nonfinite: int = 10
+    health: HealthConfig = field(default_factory=HealthConfig)
+    compile: bool = False
+    channels_last: bool = False
     num_workers: int = 0
     cpu: bool = False
     num_threads: int | None = None
     val_batch_size: int = 8
     val_border: int = 4
-    resume_from: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.max_steps < 1 or self.batch_size < 1 or self.val_batch_size < 1:
-            raise ConfigError("trainer.max_steps, trainer.batch_size and trainer.val_batch_size must be >= 1")
-        if self.resume_from is not None and not (Path(self.resume_from) / "model.safetensors").is_file():
-            raise ConfigError(
-                f"trainer.resume_from={self.resume_from!r} is not a checkpoint folder "
-                "(expected <run>/checkpoints/last written by srgan-train)"
-            )
+        for key in ("max_steps", "batch_size", "val_batch_size", "grad_accumulation", "max_nonfinite"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"trainer.grad_clip must be > 0 or null, got {self.grad_clip}")
         _positive(
             "trainer",
             log_every=self.log_every,
@@ -75,18 +105,51 @@ class RampConfig:
 
 
 @dataclass
+class DiscriminatorScheduleConfig:
+    warmup_steps: int = 0
+    every: int = 1
+    steps_per_g: int = 1
+    holdback: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive("schedule.discriminator", warmup_steps=self.warmup_steps)
+        for key in ("every", "steps_per_g"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"schedule.discriminator.{key} must be >= 1, got {getattr(self, key)}")
+        if self.holdback is not None and not 0.0 < self.holdback < 1.0:
+            raise ConfigError(f"schedule.discriminator.holdback must be in (0, 1) or null, got {self.holdback}")
+
+
+@dataclass
 class EmaConfig:
+    enabled: bool = True
     decay: float = 0.999
     start_step: int = 0
+    warmup: bool = False
+
+
+@dataclass
+class LRScheduleConfig:
+    policy: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.5
+    monitor: str = "val/psnr"
+    mode: str = "max"
+    patience: int = 2
 
 
 @dataclass
 class ScheduleConfig:
     pretrain_steps: int = 0
     ramp: RampConfig = field(default_factory=RampConfig)
+    discriminator: DiscriminatorScheduleConfig = field(default_factory=DiscriminatorScheduleConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     optimizer_g: Any = None
     optimizer_d: Any = None
+    lr_g: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    lr_d: LRScheduleConfig = field(default_factory=LRScheduleConfig)
 
     def __post_init__(self) -> None:
         _positive("schedule", pretrain_steps=self.pretrain_steps, **{"ramp.steps": self.ramp.steps})
@@ -94,6 +157,17 @@ class ScheduleConfig:
             node = getattr(self, key)
             if not isinstance(node, (dict, DictConfig)) or "_target_" not in node:
                 raise ConfigError(f"schedule.{key} must be an optimizer config with a _target_")
+        for key in ("lr_g", "lr_d"):
+            lr: LRScheduleConfig = getattr(self, key)
+            if lr.policy not in LR_POLICIES:
+                raise ConfigError(f"schedule.{key}.policy must be one of {LR_POLICIES}, got {lr.policy!r}")
+            if lr.mode not in ("max", "min"):
+                raise ConfigError(f"schedule.{key}.mode must be 'max' or 'min', got {lr.mode!r}")
+            if not 0.0 <= lr.min_lr_ratio <= 1.0 or not 0.0 < lr.gamma <= 1.0:
+                raise ConfigError(f"schedule.{key}: min_lr_ratio must be in [0, 1] and gamma in (0, 1]")
+            if any(b <= a for a, b in zip(lr.milestones, lr.milestones[1:])):
+                raise ConfigError(f"schedule.{key}.milestones must increase, got {lr.milestones}")
+            _positive(f"schedule.{key}", warmup_steps=lr.warmup_steps, patience=lr.patience)
 
 
 @dataclass
@@ -103,6 +177,9 @@ class TrackingConfig:
     run_name: str | None = None
     artifact_location: str | None = "mlartifacts"
     log_images: bool = True
+    # Seconds to wait at the end of a run for an unreachable tracking server before writing what
+    # it has not received into the run folder (replay with `python -m srgan.tracking replay`).
+    flush_timeout: float = 120.0
 
 
 @dataclass
@@ -110,6 +187,7 @@ class Settings:
     trainer: TrainerConfig
     schedule: ScheduleConfig
     tracking: TrackingConfig
+    resume: str | None = None
 
 
 def _check(schema: type, node: Any, section: str) -> Any:
@@ -130,11 +208,28 @@ def validate_training_config(cfg: DictConfig) -> Settings:
     if cfg.generator.get("scale") != scale:
         raise ConfigError(f"generator.scale={cfg.generator.get('scale')} differs from dataset.scale={scale}")
     schedule_node = OmegaConf.to_container(cfg.schedule, resolve=True)
-    return Settings(
+    settings = Settings(
         trainer=_check(TrainerConfig, cfg.trainer, "trainer"),
         schedule=_check(ScheduleConfig, schedule_node, "schedule"),
         tracking=_check(TrackingConfig, cfg.tracking, "tracking"),
+        resume=_check_resume(cfg.get("resume")),
     )
+    if settings.trainer.grad_accumulation > 1 and settings.schedule.discriminator.steps_per_g > 1:
+        raise ConfigError(
+            "schedule.discriminator.steps_per_g > 1 cannot be combined with trainer.grad_accumulation > 1 "
+            "(each extra D step would need its own accumulation cycle); use one of them"
+        )
+    return settings
+
+
+def _check_resume(value: Any) -> str | None:
+    """``resume``: null, "auto" (latest checkpoint in the run folder, if any) or an existing path."""
+    if value is None or value == "auto":
+        return value
+    path = Path(str(value))
+    if not path.exists():
+        raise ConfigError(f"resume={value!r}: no such checkpoint or run folder (use resume=auto or a path)")
+    return str(path)
 
 
 def register_resolvers() -> None:

@@ -117,6 +117,7 @@ def main(cfg: DictConfig) -> None:
             finite = {f"{cfg.split}/{m}/{k}": v for m, r in results.items() for k, v in r.items() if math.isfinite(v)}
             tracker.log_metrics(finite, step=int(model.config["source"].get("step") or 0))
             tracker.log_artifact(output, "evaluation")
+            tracker.finish(status=None)
             print(f"logged to MLflow run {run_id} ({tracker.uri})")
         else:
             print(f"not logged to MLflow: run {run_id} is not in {tracker.uri}")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +17,11 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+PENDING_FILE = "mlflow_pending.jsonl"
+# MLflow allows at most 1000 metrics per log_batch call.
+MAX_METRICS_PER_BATCH = 1000
 
 # MLflow rejects parameter values longer than this (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 MAX_PARAM_LENGTH = 6000
@@ -37,7 +47,15 @@ def _local_uri(uri: str) -> str:
 
 
 class MlflowTracker:
-    """One MLflow run. On non-main processes every method does nothing, by design."""
+    """One MLflow run. On non-main processes every method does nothing, by design.
+
+    Creating (or re-attaching to) the run is synchronous: a wrong URI fails at once, loudly.
+    Everything logged afterwards goes through a queue that a background thread delivers in order,
+    so the training loop never waits on the network. If the tracking server goes away, the thread
+    keeps the items and retries with back-off; nothing is dropped. ``finish()`` waits up to
+    ``flush_timeout`` seconds for delivery, then writes whatever is still undelivered to
+    ``<spool_dir>/mlflow_pending.jsonl`` (replay it with ``python -m srgan.tracking replay <run_dir>``).
+    """
 
     def __init__(
         self,
@@ -48,6 +66,8 @@ class MlflowTracker:
         tags: Mapping[str, str] | None = None,
         active: bool = True,
         log_images: bool = True,
+        flush_timeout: float = 120.0,
+        spool_dir: str | os.PathLike | None = None,
     ) -> None:
         self.active = active
         self.log_images = log_images
@@ -58,11 +78,26 @@ class MlflowTracker:
         self.artifact_location = artifact_location
         self.tags = dict(tags or {})
         self.client: MlflowClient | None = None
+        self.flush_timeout = flush_timeout
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
+        self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.outages = 0
+
+    # -- run lifecycle (synchronous) ------------------------------------------------------------
+    def _client(self) -> MlflowClient:
+        # Our own thread retries forever; MLflow's per-request retries only need to absorb a blip.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        return MlflowClient(tracking_uri=self.uri)
 
     def start(self, params: Mapping[str, Any]) -> str | None:
         if not self.active:
             return None
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = self._client()
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             location = None
@@ -75,41 +110,198 @@ class MlflowTracker:
             experiment_id = experiment.experiment_id
         run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()])
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's limit on parameters per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        self._start_thread()
         return self.run_id
 
-    def attach(self, run_id: str) -> bool:
-        """Continue logging to an existing run (e.g. evaluation of a trained model); False if absent."""
-        self.client = MlflowClient(tracking_uri=self.uri)
+    def attach(self, run_id: str, reopen: bool = False) -> bool:
+        """Continue logging to an existing run (evaluation of a trained model, a resumed run); False if absent.
+
+        ``reopen`` marks the run RUNNING again (a resumed training run)."""
+        if not self.active:
+            return False
+        self.client = self._client()
         try:
-            self.client.get_run(run_id)
+            run = self.client.get_run(run_id)
         except MlflowException:
             return False
         self.run_id = run_id
+        if reopen and run.info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        self._start_thread()
         return True
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def _start_thread(self) -> None:
+        if self.active and self._thread is None:
+            self._thread = threading.Thread(target=self._deliver, name="mlflow-delivery", daemon=True)
+            self._thread.start()
+
+    # -- logging (queued) -----------------------------------------------------------------------
+    def _put(self, kind: str, *args: Any) -> None:
         if not self.active or self.run_id is None:
             return
+        with self._cond:
+            self._queue.append((kind, args))
+            self._cond.notify()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self._put("metrics", [(k, float(v), now, step) for k, v in metrics.items()])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        if self.active and self.run_id is not None:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._put("tags", {k: str(v) for k, v in tags.items()})
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        if self.active and self.log_images and self.run_id is not None:
-            self.client.log_image(self.run_id, image, key=key, step=step)
+        if self.log_images:
+            self._put("image", np.array(image, copy=True), key, step)
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
-        if self.active and self.run_id is not None:
-            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        self._put("artifacts", str(local_dir), artifact_path)
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        if self.active and self.run_id is not None:
-            self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+        self._put("artifact", str(local_path), artifact_path)
 
-    def finish(self, status: str = "FINISHED") -> None:
-        if self.active and self.run_id is not None:
-            self.client.set_terminated(self.run_id, status)
+    def finish(self, status: str | None = "FINISHED") -> None:
+        """Deliver everything (waiting up to ``flush_timeout`` s), then mark the run ``status``
+        (None: leave the run's status alone, e.g. after an evaluation logged into a finished run)."""
+        if not self.active or self.run_id is None:
+            return
+        if status is not None:
+            self._put("terminate", status)
+        if self.flush(self.flush_timeout):
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+        else:
+            self._spool()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the queue is delivered; False if ``timeout`` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+        return True
+
+    # -- delivery thread ------------------------------------------------------------------------
+    def _send(self, kind: str, args: tuple[Any, ...]) -> None:
+        client, run_id = self.client, self.run_id
+        if kind == "metrics":
+            metrics = [Metric(*m) for m in args[0]]
+            for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+                client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
+        elif kind == "tags":
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in args[0].items()])
+        elif kind == "image":
+            client.log_image(run_id, args[0], key=args[1], step=args[2])
+        elif kind == "artifacts":
+            client.log_artifacts(run_id, args[0], args[1])
+        elif kind == "artifact":
+            client.log_artifact(run_id, args[0], args[1])
+        elif kind == "terminate":
+            client.set_terminated(run_id, args[0])
+
+    def _deliver(self) -> None:
+        backoff = 1.0
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                kind, args = self._queue[0]
+                self._busy = True
+            try:
+                self._send(kind, args)
+            except Exception as err:  # noqa: BLE001 - any failure to deliver means: keep it, retry later
+                with self._cond:
+                    self._busy = False
+                if backoff == 1.0:
+                    self.outages += 1
+                    log.warning(
+                        "MLflow at %s unreachable (%s); keeping metrics and retrying", self.uri, type(err).__name__
+                    )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 15.0)
+                continue
+            if backoff > 1.0:
+                log.warning("MLflow at %s reachable again; delivering what was kept", self.uri)
+            backoff = 1.0
+            with self._cond:
+                self._queue.popleft()
+                self._busy = False
+                self._cond.notify_all()
+
+    def _spool(self) -> None:
+        """Write what the server has not received into the run folder, for a later replay."""
+        with self._cond:
+            pending = list(self._queue)
+            self._queue.clear()
+            self._closed = True
+            self._cond.notify_all()
+        if self.spool_dir is None:
+            log.error("MLflow at %s unreachable: %d undelivered items lost (no run folder)", self.uri, len(pending))
+            return
+        path = self.spool_dir / PENDING_FILE
+        images = self.spool_dir / "mlflow_pending_images"
+        with open(path, "a") as f:
+            for n, (kind, args) in enumerate(pending):
+                if kind == "image":
+                    images.mkdir(exist_ok=True)
+                    file = images / f"{args[1]}_step_{args[2]}_{n}.npy"
+                    np.save(file, args[0])
+                    args = (str(file), args[1], args[2])
+                f.write(json.dumps({"uri": self.uri, "run_id": self.run_id, "kind": kind, "args": list(args)}) + "\n")
+        log.error(
+            "MLflow at %s still unreachable after %.0f s: %d undelivered items written to %s; deliver them later with "
+            "`python -m srgan.tracking replay %s`",
+            self.uri,
+            self.flush_timeout,
+            len(pending),
+            path,
+            self.spool_dir,
+        )
+
+
+def replay(run_dir: str | os.PathLike, uri: str | None = None) -> int:
+    """Deliver ``mlflow_pending.jsonl`` of a run folder to its tracking server; returns the items sent.
+
+    Items are sent in order; on success the file is renamed ``.delivered``, so a replay never
+    sends twice. ``uri`` overrides the recorded tracking URI (the server moved).
+    """
+    path = Path(run_dir) / PENDING_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: nothing to replay")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    clients: dict[str, MlflowClient] = {}
+    for record in records:
+        target = uri or record["uri"]
+        client = clients.setdefault(target, MlflowClient(tracking_uri=target))
+        tracker = MlflowTracker(target, "replay")
+        tracker.client, tracker.run_id = client, record["run_id"]
+        args = tuple(record["args"])
+        if record["kind"] == "image":
+            args = (np.load(args[0]), args[1], args[2])
+        tracker._send(record["kind"], args)
+    path.rename(path.with_name(PENDING_FILE + ".delivered"))
+    return len(records)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m srgan.tracking")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rp = sub.add_parser("replay", help="deliver a run folder's mlflow_pending.jsonl")
+    rp.add_argument("run_dir")
+    rp.add_argument("--uri", default=None, help="tracking URI to send to (default: the one recorded)")
+    args = parser.parse_args(argv)
+    sent = replay(args.run_dir, args.uri)
+    print(f"delivered {sent} items from {Path(args.run_dir) / PENDING_FILE}")
+
+
+if __name__ == "__main__":
+    main()

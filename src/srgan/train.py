@@ -6,6 +6,8 @@ srgan-train --cfg job            # print the composed config and exit
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -17,17 +19,18 @@ import hydra
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from srgan.config import CONF_DIR, validate_training_config
-from srgan.engine.checkpoint import export_model
+from srgan.config import CONF_DIR, ConfigError, validate_training_config
+from srgan.engine.checkpoint import CheckpointManager, export_model, find_checkpoint
 from srgan.engine.ema import EMA
-from srgan.engine.loop import Cadence, TrainState, fit
-from srgan.engine.schedules import AdversarialRamp
+from srgan.engine.health import PROBABILISTIC_GAN_TYPES, GANHealth
+from srgan.engine.loop import Cadence, Parts, TrainState, fit
+from srgan.engine.schedules import AdversarialRamp, DiscriminatorSchedule, LRSchedule
 from srgan.engine.validation import validate
 from srgan.losses import build_loss
 from srgan.tracking import MlflowTracker, flatten
@@ -74,6 +77,34 @@ def model_card(cfg: DictConfig, data: Any, run_id: str | None, step: int) -> dic
     }
 
 
+def _fingerprint(*modules: torch.nn.Module) -> str:
+    """SHA-256 of the modules' weights and buffers, to prove that every process holds the same."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "resume")
+
+
+def _resolve_resume(resume: str | None, run_dir: Path) -> tuple[Path | None, Path]:
+    """The checkpoint to continue from and the run folder to write into."""
+    if resume is None:
+        return None, run_dir
+    if resume == "auto":
+        return find_checkpoint(run_dir), run_dir
+    checkpoint = find_checkpoint(resume)
+    if checkpoint is None:
+        raise ConfigError(f"resume={resume!r}: no complete checkpoint there (checkpoints/step-N with checkpoint.json)")
+    # Continue in the run folder that owns the checkpoint: one run, one folder, one MLflow run.
+    return checkpoint, checkpoint.parent.parent
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train one run described by a composed config, writing outputs under ``run_dir``."""
     settings = validate_training_config(cfg)
@@ -83,39 +114,61 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     # Accelerate keeps its state in a process-wide singleton; a Hydra multirun (or a test session)
     # trains several runs in one process, each with its own precision. The process group is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=trainer.precision, cpu=trainer.cpu or not _has_accelerator())
+    accelerator = Accelerator(
+        mixed_precision=trainer.precision,
+        cpu=trainer.cpu or not _has_accelerator(),
+        gradient_accumulation_steps=trainer.grad_accumulation,
+        dynamo_backend="inductor" if trainer.compile else "no",
+    )
     # Every process must write into the main process's folder, whatever its own clock said.
-    run_dir = Path(broadcast_object_list([str(Path(run_dir).resolve())])[0])
+    checkpoint, run_dir = _resolve_resume(settings.resume, Path(run_dir).resolve())
+    checkpoint, run_dir = broadcast_object_list([checkpoint, run_dir])
     set_seed(trainer.seed)
+    if schedule.pretrain_steps >= trainer.max_steps and accelerator.is_main_process:
+        log.warning(
+            "schedule.pretrain_steps=%d >= trainer.max_steps=%d: the adversarial phase never starts",
+            schedule.pretrain_steps,
+            trainer.max_steps,
+        )
 
     data = instantiate(cfg.dataset, _convert_="all")
     generator = instantiate(cfg.generator, _convert_="all")
     discriminator = instantiate(cfg.discriminator, _convert_="all")
+    if trainer.channels_last:
+        generator.to(memory_format=torch.channels_last)
+        discriminator.to(memory_format=torch.channels_last)
     loss = build_loss(cfg.loss).to(accelerator.device)
     optimizer_g = instantiate(schedule.optimizer_g, _convert_="all")(generator.parameters())
     optimizer_d = instantiate(schedule.optimizer_d, _convert_="all")(discriminator.parameters())
-    ramp = AdversarialRamp(schedule.pretrain_steps, schedule.ramp.steps, schedule.ramp.shape)
-    ema = EMA(generator, schedule.ema.decay, schedule.ema.start_step)
+    lr_g = LRSchedule(optimizer_g, trainer.max_steps, **vars(schedule.lr_g), name="lr_g")
+    lr_d = LRSchedule(optimizer_d, trainer.max_steps, **vars(schedule.lr_d), name="lr_d")
+    ema = EMA(generator, schedule.ema.decay, schedule.ema.start_step, schedule.ema.warmup, schedule.ema.enabled)
+    health = GANHealth(**vars(trainer.health), probabilistic=loss.adversarial.gan_type in PROBABILISTIC_GAN_TYPES)
 
-    # Exactly max_steps batches per process; item i depends only on (seed, i), so resuming at
-    # step s and skipping s batches reproduces the uninterrupted data order.
-    samples = trainer.max_steps * trainer.batch_size * accelerator.num_processes
+    # Item i depends only on (seed, i), so resuming at data position p and skipping p batches
+    # reproduces the uninterrupted order. The length only bounds what the loop can draw: generator
+    # steps, extra D steps, D warm-up and skipped steps.
+    d = schedule.discriminator
+    batches = (trainer.max_steps * d.steps_per_g + d.warmup_steps) * trainer.grad_accumulation + 1_000_000
     loader = DataLoader(
-        data.train_dataset(samples, trainer.seed),
+        data.train_dataset(batches * trainer.batch_size * accelerator.num_processes, trainer.seed),
         batch_size=trainer.batch_size,
         shuffle=False,
         drop_last=True,
         num_workers=trainer.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
     )
     generator, discriminator, optimizer_g, optimizer_d, loader = accelerator.prepare(
         generator, discriminator, optimizer_g, optimizer_d, loader
     )
     ema.module.to(accelerator.device)
     state = TrainState()
-    accelerator.register_for_checkpointing(ema, state)
-    if trainer.resume_from:
-        accelerator.load_state(trainer.resume_from)
-        log.info("resumed from %s at step %d", trainer.resume_from, state.step)
+    accelerator.register_for_checkpointing(ema, state, lr_g, lr_d, health)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        log.info("resuming from %s at step %d", checkpoint, state.step)
+    elif settings.resume == "auto":
+        log.info("resume=auto: no checkpoint in %s, starting from scratch", run_dir)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = MlflowTracker(
@@ -134,13 +187,29 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         },
         active=accelerator.is_main_process,
         log_images=settings.tracking.log_images,
+        flush_timeout=settings.tracking.flush_timeout,
+        spool_dir=run_dir,
     )
-    run_id = broadcast_object_list([tracker.start(flatten(resolved))])[0]
+    run_id = None
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "resolved_config.yaml", resolve=True)
-        tracker.log_artifact(run_dir / "resolved_config.yaml")
+        config_file = run_dir / "resolved_config.yaml"
+        if checkpoint is not None and state.run_id and tracker.attach(state.run_id, reopen=True):
+            run_id = state.run_id
+            changed = _changed_keys(OmegaConf.to_container(OmegaConf.load(config_file)), resolved)
+            tracker.set_tags(
+                {f"resumed_at_step_{state.step}": str(checkpoint), "resume_changed_keys": ", ".join(changed) or "(none)"}
+            )
+            if changed:
+                log.warning("resumed with a config that differs from the run's in: %s", ", ".join(changed))
+        else:
+            if checkpoint is not None:
+                log.warning("MLflow run %s of the checkpoint is not in %s; starting a new run", state.run_id, tracker.uri)
+            run_id = tracker.start(flatten(resolved))
+        OmegaConf.save(cfg, config_file, resolve=True)
+        tracker.log_artifact(config_file)
         log.info("run dir %s, MLflow run %s (%s)", run_dir, run_id, tracker.uri)
+    state.run_id = run_id = broadcast_object_list([run_id])[0]
 
     val_set = data.val_dataset("val")
 
@@ -156,28 +225,47 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             trainer.val_border,
         )
 
+    parts = Parts(
+        generator=generator,
+        discriminator=discriminator,
+        loss=loss,
+        optimizer_g=optimizer_g,
+        optimizer_d=optimizer_d,
+        lr_g=lr_g,
+        lr_d=lr_d,
+        ema=ema,
+        ramp=AdversarialRamp(schedule.pretrain_steps, schedule.ramp.steps, schedule.ramp.shape),
+        d_schedule=DiscriminatorSchedule(d.warmup_steps, d.every, d.steps_per_g, d.holdback),
+    )
     cadence = Cadence(
-        trainer.max_steps, trainer.log_every, trainer.val_every, trainer.ckpt_every, trainer.grad_clip, trainer.progress
+        trainer.max_steps,
+        trainer.log_every,
+        trainer.val_every,
+        trainer.ckpt_every,
+        trainer.grad_clip,
+        trainer.max_nonfinite,
+        trainer.channels_last,
+        trainer.progress,
+    )
+    checkpoints = CheckpointManager(
+        accelerator,
+        run_dir / "checkpoints",
+        trainer.checkpoint.keep_last,
+        trainer.checkpoint.best_metric,
+        trainer.checkpoint.best_mode,
     )
     status = "FAILED"
     try:
-        metrics = fit(
-            accelerator,
-            generator,
-            discriminator,
-            loss,
-            optimizer_g,
-            optimizer_d,
-            loader,
-            ema,
-            ramp,
-            state,
-            cadence,
-            tracker,
-            run_dir,
-            validator,
-        )
+        metrics = fit(accelerator, parts, loader, state, cadence, tracker, checkpoints, validator, health)
+        g_module = accelerator.unwrap_model(generator)
+        prints = gather_object([_fingerprint(g_module, accelerator.unwrap_model(discriminator), ema.module)])
+        if len(set(prints)) != 1:
+            raise RuntimeError(f"the processes ended with different weights: {prints}")
         if accelerator.is_main_process:
+            (run_dir / "ranks.json").write_text(
+                json.dumps({"processes": accelerator.num_processes, "weights_sha256": prints}, indent=1)
+            )
+            tracker.set_tags({"weights_identical_across_ranks": f"{len(prints)} processes, sha256 {prints[0][:16]}"})
             model_dir = export_model(ema.module, model_card(cfg, data, run_id, state.step), run_dir / "model")
             tracker.log_artifacts(model_dir, "model")
         accelerator.wait_for_everyone()
@@ -193,6 +281,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "step": state.step,
         "metrics": metrics,
         "is_main_process": accelerator.is_main_process,
+        "health_warnings": dict(health.warnings),
     }
 
 

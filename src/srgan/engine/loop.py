@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections import defaultdict
@@ -17,27 +18,43 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from srgan.engine.checkpoint import save_checkpoint
+from srgan.engine.checkpoint import CheckpointManager, find_checkpoint
 from srgan.engine.ema import EMA
-from srgan.engine.schedules import AdversarialRamp
-from srgan.engine.steps import discriminator_step, generator_step
+from srgan.engine.health import GANHealth
+from srgan.engine.schedules import AdversarialRamp, DiscriminatorSchedule, LRSchedule
+from srgan.engine.steps import discriminator_confidence, discriminator_step, generator_step
 from srgan.losses.composite import CompositeLoss
 from srgan.tracking import MlflowTracker
+
+log = logging.getLogger(__name__)
 
 Validator = Callable[[nn.Module], tuple[dict[str, float], "np.ndarray | None"]]
 
 
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
 class TrainState:
-    """The loop position, saved with every checkpoint."""
+    """The loop position and counters, saved with every checkpoint.
+
+    ``step`` counts generator optimizer steps; ``batches`` is the data position (batches drawn by
+    each process, including D-only and skipped steps), so a resumed run draws the same batches.
+    """
 
     def __init__(self) -> None:
         self.step = 0
+        self.batches = 0
+        self.d_warmup_done = 0
+        self.nonfinite_total = 0
+        self.run_id: str | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step}
+        return dict(vars(self))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
+        for key, value in state.items():
+            setattr(self, key, value)
 
 
 @dataclass
@@ -49,7 +66,25 @@ class Cadence:
     val_every: int
     ckpt_every: int
     grad_clip: float | None = None
+    max_nonfinite: int = 10
+    channels_last: bool = False
     progress: bool = True
+
+
+@dataclass
+class Parts:
+    """What one training run optimises, and the schedules that drive it."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    loss: CompositeLoss
+    optimizer_g: torch.optim.Optimizer
+    optimizer_d: torch.optim.Optimizer
+    lr_g: LRSchedule
+    lr_d: LRSchedule
+    ema: EMA
+    ramp: AdversarialRamp
+    d_schedule: DiscriminatorSchedule
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -58,25 +93,55 @@ def _due(step: int, every: int, last: int) -> bool:
 
 def fit(
     accelerator: Accelerator,
-    generator: nn.Module,
-    discriminator: nn.Module,
-    loss: CompositeLoss,
-    optimizer_g: torch.optim.Optimizer,
-    optimizer_d: torch.optim.Optimizer,
+    parts: Parts,
     loader: DataLoader,
-    ema: EMA,
-    ramp: AdversarialRamp,
     state: TrainState,
     cadence: Cadence,
     tracker: MlflowTracker,
-    run_dir: Path,
+    checkpoints: CheckpointManager,
     validator: Validator,
+    health: GANHealth,
 ) -> dict[str, float]:
     """Train until ``cadence.max_steps``; returns the last validation metrics."""
-    g_module = accelerator.unwrap_model(generator)
-    d_module = accelerator.unwrap_model(discriminator)
-    batches = iter(accelerator.skip_first_batches(loader, state.step) if state.step else loader)
+    p = parts
+    g_module = accelerator.unwrap_model(p.generator)
+    d_module = accelerator.unwrap_model(p.discriminator)
+    batches = iter(accelerator.skip_first_batches(loader, state.batches) if state.batches else loader)
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        state.batches += 1
+        batch = next(batches)
+        if cadence.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+        return batch
+
     history: dict[str, list[torch.Tensor]] = defaultdict(list)
+    counts: dict[str, int] = defaultdict(int)
+    bad_in_a_row = 0
+
+    def record(stats: dict[str, torch.Tensor]) -> None:
+        for key, value in stats.items():
+            history[key].append(value)
+
+    def account(ok: bool, what: str) -> None:
+        # A skipped step is counted and logged; too many in a row stop the run.
+        nonlocal bad_in_a_row
+        if ok:
+            bad_in_a_row = 0
+            return
+        bad_in_a_row += 1
+        state.nonfinite_total += 1
+        counts[f"nonfinite_{what}"] += 1
+        if accelerator.is_main_process:
+            log.warning("step %d: non-finite %s loss or gradient, optimizer step skipped", state.step, what)
+        if bad_in_a_row >= cadence.max_nonfinite:
+            last = find_checkpoint(checkpoints.root)
+            raise NonFiniteError(
+                f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient (at generator step "
+                f"{state.step}; trainer.max_nonfinite={cadence.max_nonfinite}). Last good checkpoint: "
+                f"{last or 'none yet'}. Lower the learning rate, set trainer.grad_clip, or check the data."
+            )
+
     last_val: dict[str, float] = {}
     bar = tqdm(
         total=cadence.max_steps,
@@ -88,25 +153,73 @@ def fit(
         mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )
     tick, tick_step = time.perf_counter(), state.step
-    generator.train()
-    discriminator.train()
+    p.generator.train()
+    p.discriminator.train()
+    micro, d_active, adversarial_weight = 0, False, 0.0
     while state.step < cadence.max_steps:
-        batch = next(batches)
         step = state.step
-        adversarial_weight = loss.adversarial_weight * ramp(step)
-        sr, stats = generator_step(
-            accelerator, generator, d_module, loss, optimizer_g, batch, adversarial_weight, cadence.grad_clip
-        )
-        if ramp.adversarial_phase(step):
-            stats.update(
-                discriminator_step(accelerator, discriminator, loss, optimizer_d, batch["hr"], sr, cadence.grad_clip)
+        adversarial = p.ramp.adversarial_phase(step)
+
+        if adversarial and state.d_warmup_done < p.d_schedule.warmup_steps:
+            # D trains alone against the frozen generator; these are not generator steps.
+            batch = next_batch()
+            with accelerator.accumulate(p.discriminator):
+                with torch.no_grad(), accelerator.autocast():
+                    sr = g_module(batch["lr"])
+                stats, ok = discriminator_step(
+                    accelerator, p.discriminator, p.loss, p.optimizer_d, batch["hr"], sr, cadence.grad_clip
+                )
+            record(stats)
+            if accelerator.sync_gradients:
+                account(ok, "discriminator")
+                state.d_warmup_done += 1
+            continue
+
+        batch = next_batch()
+        adversarial_weight = p.loss.adversarial_weight * p.ramp(step)
+        with accelerator.accumulate(p.generator, p.discriminator):
+            sr, stats, g_ok = generator_step(
+                accelerator, p.generator, d_module, p.loss, p.optimizer_g, batch,
+                adversarial_weight, cadence.grad_clip,
             )
-        if accelerator.sync_gradients:
-            ema.update(g_module, step)
+            if micro == 0:
+                # Decided once per generator step, identically on every process.
+                d_active = adversarial and p.d_schedule.due(step, p.ramp.pretrain_steps)
+                if d_active and p.d_schedule.holdback is not None:
+                    gap = discriminator_confidence(accelerator, d_module, batch["hr"], sr)
+                    if gap > p.d_schedule.holdback:
+                        d_active = False
+                        counts["d_held_back"] += 1
+            if d_active:
+                d_stats, d_ok = discriminator_step(
+                    accelerator, p.discriminator, p.loss, p.optimizer_d, batch["hr"], sr, cadence.grad_clip
+                )
+                stats.update(d_stats)
+        record(stats)
+        if not accelerator.sync_gradients:
+            micro += 1
+            continue
+        micro = 0
+        if d_active:
+            account(d_ok, "discriminator")
+            for _ in range(p.d_schedule.steps_per_g - 1):
+                extra = next_batch()
+                with torch.no_grad(), accelerator.autocast():
+                    extra_sr = g_module(extra["lr"])
+                d_stats, d_ok = discriminator_step(
+                    accelerator, p.discriminator, p.loss, p.optimizer_d, extra["hr"], extra_sr, cadence.grad_clip
+                )
+                record(d_stats)
+                account(d_ok, "discriminator")
+        account(g_ok, "generator")
+        if not g_ok:
+            continue  # not a generator step: nothing below advances
+
+        p.ema.update(g_module, step)
+        p.lr_g.step()
+        p.lr_d.step()
         state.step += 1
         bar.update(1)
-        for key, value in stats.items():
-            history[key].append(value)
 
         if _due(state.step, cadence.log_every, cadence.max_steps):
             # Losses stay on the device between logs; one reduction here instead of a sync per step.
@@ -118,13 +231,22 @@ def fit(
             logs.update(
                 {
                     "train/adversarial_weight": adversarial_weight,
-                    "train/lr_g": optimizer_g.param_groups[0]["lr"],
-                    "train/lr_d": optimizer_d.param_groups[0]["lr"],
+                    "train/lr_g": p.optimizer_g.param_groups[0]["lr"],
+                    "train/lr_d": p.optimizer_d.param_groups[0]["lr"],
+                    "train/ema_decay": p.ema.decay_at(step),
                     "train/steps_per_s": rate,
                     "train/images_per_s": rate * batch["lr"].shape[0] * accelerator.num_processes,
+                    "train/nonfinite_skipped_total": state.nonfinite_total,
+                    "train/d_warmup_steps_done": state.d_warmup_done,
                 }
             )
+            if p.d_schedule.holdback is not None:
+                logs["train/d_held_back"] = counts.pop("d_held_back", 0)
             tracker.log_metrics(logs, state.step)
+            for name, message in health.update(state.step, logs).items():
+                if accelerator.is_main_process:
+                    log.warning("GAN health: %s", message)
+                tracker.set_tags({f"health.{name}": message})
             bar.set_postfix(
                 {
                     k.split("/")[1]: f"{v:.4g}"
@@ -136,8 +258,11 @@ def fit(
             history.clear()
             tick, tick_step = now, state.step
 
-        if _due(state.step, cadence.val_every, cadence.max_steps):
-            last_val, grid = validator(ema.module)
+        validated = _due(state.step, cadence.val_every, cadence.max_steps)
+        if validated:
+            last_val, grid = validator(p.ema.module)
+            p.lr_g.observe(last_val)
+            p.lr_d.observe(last_val)
             tracker.log_metrics(last_val, state.step)
             if grid is not None and accelerator.is_main_process:
                 tracker.log_image(grid, key="val_grid", step=state.step)
@@ -148,7 +273,8 @@ def fit(
                     f"gain {last_val['val/psnr_gain_over_bicubic']:+.2f} dB)"
                 )
 
-        if cadence.ckpt_every > 0 and state.step % cadence.ckpt_every == 0 or state.step == cadence.max_steps:
-            save_checkpoint(accelerator, run_dir / "checkpoints" / "last")
+        periodic = cadence.ckpt_every > 0 and state.step % cadence.ckpt_every == 0
+        if periodic or state.step == cadence.max_steps or (validated and checkpoints.improves(last_val)):
+            checkpoints.save(state.step, {"run_id": state.run_id}, last_val if validated else None)
     bar.close()
     return last_val
