@@ -118,6 +118,10 @@ def test_two_process_ddp_run_makes_one_folder_and_one_mlflow_run(tmp_path):
         # The penalties differentiate D's DDP forward pass twice (create_graph): exercise that too.
         "loss.adversarial.gan_type=wgan_gp",
         "loss.adversarial.r1_weight=1.0",
+        # Decisions every process must agree on: accumulation cycles, clipping, holdback.
+        "trainer.grad_accumulation=2",
+        "trainer.grad_clip=1.0",
+        "schedule.discriminator.holdback=0.9",
         f"tracking.uri={uri}",
         f"tracking.artifact_location={tmp_path}/art",
         f"hydra.run.dir={tmp_path}/runs/ddp",
@@ -132,3 +136,9 @@ def test_two_process_ddp_run_makes_one_folder_and_one_mlflow_run(tmp_path):
     assert only.info.status == "FINISHED"
     assert {"train/d_gp", "train/d_r1"} <= set(only.data.metrics)
     assert out.stdout.count("run folder:") == 1
+    # Both ranks ended with bit-identical G, D and EMA weights (checked by the run, recorded here).
+    ranks = json.loads((tmp_path / "runs" / "ddp" / "ranks.json").read_text())
+    assert ranks["processes"] == 2 and len(set(ranks["weights_sha256"])) == 1
+    assert only.data.tags["weights_identical_across_ranks"].startswith("2 processes")
+    checkpoint = tmp_path / "runs" / "ddp" / "checkpoints" / "step-00000004"
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}

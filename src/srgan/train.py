@@ -157,6 +157,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         drop_last=True,
         num_workers=trainer.num_workers,
         pin_memory=accelerator.device.type == "cuda",
+        # Starting an iterator draws a worker seed; from the global RNG that draw would happen again
+        # after a resume (a new iterator) and shift every later random number (GP interpolation, noise).
+        generator=torch.Generator().manual_seed(trainer.seed),
     )
     generator, discriminator, optimizer_g, optimizer_d, loader = accelerator.prepare(
         generator, discriminator, optimizer_g, optimizer_d, loader
@@ -198,13 +201,18 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             run_id = state.run_id
             changed = _changed_keys(OmegaConf.to_container(OmegaConf.load(config_file)), resolved)
             tracker.set_tags(
-                {f"resumed_at_step_{state.step}": str(checkpoint), "resume_changed_keys": ", ".join(changed) or "(none)"}
+                {
+                    f"resumed_at_step_{state.step}": str(checkpoint),
+                    "resume_changed_keys": ", ".join(changed) or "(none)",
+                }
             )
             if changed:
                 log.warning("resumed with a config that differs from the run's in: %s", ", ".join(changed))
         else:
             if checkpoint is not None:
-                log.warning("MLflow run %s of the checkpoint is not in %s; starting a new run", state.run_id, tracker.uri)
+                log.warning(
+                    "MLflow run %s of the checkpoint is not in %s; starting a new run", state.run_id, tracker.uri
+                )
             run_id = tracker.start(flatten(resolved))
         OmegaConf.save(cfg, config_file, resolve=True)
         tracker.log_artifact(config_file)

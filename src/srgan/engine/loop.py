@@ -8,7 +8,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,8 +178,14 @@ def fit(
         adversarial_weight = p.loss.adversarial_weight * p.ramp(step)
         with accelerator.accumulate(p.generator, p.discriminator):
             sr, stats, g_ok = generator_step(
-                accelerator, p.generator, d_module, p.loss, p.optimizer_g, batch,
-                adversarial_weight, cadence.grad_clip,
+                accelerator,
+                p.generator,
+                d_module,
+                p.loss,
+                p.optimizer_g,
+                batch,
+                adversarial_weight,
+                cadence.grad_clip,
             )
             if micro == 0:
                 # Decided once per generator step, identically on every process.
@@ -195,7 +200,8 @@ def fit(
                     accelerator, p.discriminator, p.loss, p.optimizer_d, batch["hr"], sr, cadence.grad_clip
                 )
                 stats.update(d_stats)
-        record(stats)
+        if g_ok:  # a skipped step's (non-finite) losses would poison the logged means
+            record(stats)
         if not accelerator.sync_gradients:
             micro += 1
             continue
@@ -275,6 +281,9 @@ def fit(
 
         periodic = cadence.ckpt_every > 0 and state.step % cadence.ckpt_every == 0
         if periodic or state.step == cadence.max_steps or (validated and checkpoints.improves(last_val)):
+            # Metrics up to a checkpoint reach MLflow before it exists, so a run killed later and
+            # resumed from it has no hole in its curves (bounded wait: a server outage must not stall).
+            tracker.flush(timeout=5.0)
             checkpoints.save(state.step, {"run_id": state.run_id}, last_val if validated else None)
     bar.close()
     return last_val
