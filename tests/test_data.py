@@ -107,11 +107,12 @@ def test_regions_do_not_overlap_and_lr_is_degraded_hr(small_geotiff):
     seen = set()
     for split in ("train", "val", "test"):
         region = data.region(split)
-        c0, c1 = data.blocks[split]
+        c0, c1 = data.blocks[0][split]
         assert not seen & set(range(c0, c1))
         seen |= set(range(c0, c1))
         torch.testing.assert_close(region.lr, Resample(4)(region.hr))
-        assert region.hr_transform.c == data._transform.c + c0 * data._transform.a
+        transform = data.sources[0].transform
+        assert region.hr_transform.c == transform.c + c0 * transform.a
 
 
 def test_random_patches_are_deterministic_aligned_pairs(small_geotiff):
@@ -146,7 +147,7 @@ def test_file_without_band_names_reports_that(tmp_path):
 def test_bundled_sample_is_real_sentinel2():
     from srgan.config import PROJECT_ROOT
 
-    path = next((PROJECT_ROOT / "data" / "sample").glob("*.tif"))
+    path = next((PROJECT_ROOT / "data" / "sample").glob("*_10m_*.tif"))
     with rasterio.open(path) as src:
         assert src.descriptions == ("B02", "B03", "B04", "B08")
         assert src.crs.to_epsg() == 32618 and src.res == (10.0, 10.0)

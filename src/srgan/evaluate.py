@@ -37,10 +37,9 @@ def check_compatible(model: ExportedModel, data: Any) -> None:
         )
 
 
-def evaluate_region(
+def evaluate_regions(
     model: ExportedModel,
-    lr: torch.Tensor,
-    hr: torch.Tensor,
+    regions: list[tuple[torch.Tensor, torch.Tensor]],
     band_names: list[str],
     border: int,
     tile: int,
@@ -48,18 +47,18 @@ def evaluate_region(
     batch_size: int,
     device: torch.device,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of the model and of each baseline on one LR/HR pair of normalised tensors."""
-    predictions = {
-        "sr": tiled_super_resolve(model.generator.to(device), lr, model.scale, tile, overlap, batch_size, device),
-        "bicubic": upsample_image(lr[None].to(device), model.scale, "bicubic")[0],
-        "nearest": torch.nn.functional.interpolate(lr[None].to(device), scale_factor=model.scale, mode="nearest")[0],
-    }
-    results = {}
-    for name, pred in predictions.items():
-        metrics = SRMetrics(band_names, border).to(device)
-        metrics.update(pred[None], hr[None].to(device))
-        results[name] = metrics.compute()
-    return results
+    """Metrics of the model and of each baseline over LR/HR pairs of normalised tensors, pooled."""
+    methods = ("sr", *BASELINES)
+    metrics = {name: SRMetrics(band_names, border).to(device) for name in methods}
+    for lr, hr in regions:
+        predictions = {
+            "sr": tiled_super_resolve(model.generator.to(device), lr, model.scale, tile, overlap, batch_size, device),
+            "bicubic": upsample_image(lr[None].to(device), model.scale, "bicubic")[0],
+            "nearest": torch.nn.functional.interpolate(lr[None].to(device), scale_factor=model.scale, mode="nearest")[0],
+        }
+        for name, pred in predictions.items():
+            metrics[name].update(pred[None], hr[None].to(device))
+    return {name: metrics[name].compute() for name in methods}
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -86,12 +85,13 @@ def main(cfg: DictConfig) -> None:
     model = load_model(cfg.model)
     data = instantiate(cfg.dataset, _convert_="all")
     check_compatible(model, data)
-    region = data.region(cfg.split)
-    results = evaluate_region(
-        model, region.lr, region.hr, data.band_names, cfg.border, cfg.tile, cfg.overlap, cfg.batch_size, device
+    regions = data.regions(cfg.split)
+    results = evaluate_regions(
+        model, [(r.lr, r.hr) for r in regions], data.band_names, cfg.border, cfg.tile, cfg.overlap, cfg.batch_size, device
     )
+    size = " + ".join(f"{r.hr.shape[-2]}x{r.hr.shape[-1]}" for r in regions)
     print(
-        f"\n{data.name} / {cfg.split} area ({region.hr.shape[-2]}x{region.hr.shape[-1]} HR px, x{data.scale}, "
+        f"\n{data.name} / {cfg.split} area ({size} HR px, x{data.scale}, "
         f"border {cfg.border} px); PSNR pooled over bands on normalised values, SAM in degrees\n"
     )
     print(format_table(results))

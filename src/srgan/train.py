@@ -70,8 +70,9 @@ def model_card(cfg: DictConfig, data: Any, run_id: str | None, step: int) -> dic
             "bands": list(data.bands),
             "band_names": list(data.band_names),
             "dtype": data.dtype,
-            "normalization": OmegaConf.to_container(cfg.dataset.normalization, resolve=True),
-            "degradation": OmegaConf.to_container(cfg.dataset.degradation, resolve=True),
+            # The fitted object, not the config: z-score / percentile statistics travel with the model.
+            "normalization": data.normalization.to_config(),
+            "degradation": OmegaConf.to_container(cfg.dataset.get("degradation"), resolve=True),
         },
         "source": {"mlflow_run_id": run_id, "step": step, "weights": "EMA generator"},
     }

@@ -1,27 +1,47 @@
-"""Datasets built from one GeoTIFF: HR is the raster, LR is made by a degradation model."""
+"""Data sources for training and evaluation.
+
+- :class:`RasterSRData`: one or more GeoTIFFs; HR is the raster, LR is made by a degradation model.
+  Training patches are read through rasterio windows (with the context the degradation needs),
+  so a large raster is never loaded whole; the validation and test areas are read as blocks.
+- :class:`PairedFolderData`: real LR/HR pairs in the SEN2NAIP layout (``<root>/<region>/lr.tif``,
+  ``hr.tif``); whole regions are assigned to splits.
+- :class:`SyntheticSRData`: generated images, for fast tests only.
+
+All of them split by area (never random overlapping windows), name the file and the problem when
+input cannot be used, and produce items ``{"lr", "hr"}`` of normalised float32 tensors.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import torch
 from affine import Affine
 from rasterio.crs import CRS
-from torch.utils.data import Dataset
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+from torch.utils.data import ConcatDataset, Dataset
 
 from srgan.data.degradation import Resample
-from srgan.data.normalization import LinearScale
-from srgan.data.rasters import RasterError, read_raster
-from srgan.data.splits import column_blocks
+from srgan.data.rasters import RasterError, _band_indices
+from srgan.data.splits import SPLITS, column_blocks
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+NAN_POLICIES = ("mask", "reject")
 
 
 @dataclass
 class Region:
-    """One split's area: normalised HR and its degraded LR, with the HR georeference."""
+    """One split's area: normalised HR and its LR, with the HR georeference."""
 
     lr: torch.Tensor
     hr: torch.Tensor
@@ -29,37 +49,219 @@ class Region:
     crs: CRS | None
 
 
+@dataclass
+class PatchFilter:
+    """Which training patches to reject (shares of the patch's pixels; values in stored units).
+
+    ``water_band`` below ``water_below`` marks water (e.g. Sentinel-2 B08 below 600, reflectance
+    0.06); ``saturated_at`` marks saturated pixels (e.g. 65535 or 255). A rejected patch is
+    redrawn, deterministically, up to ``max_tries`` times.
+    """
+
+    max_nodata: float = 0.5
+    water_band: str | int | None = None
+    water_below: float = 0.0
+    max_water: float = 1.0
+    saturated_at: float | None = None
+    max_saturated: float = 1.0
+    max_tries: int = 100
+
+    def __post_init__(self) -> None:
+        for key in ("max_nodata", "max_water", "max_saturated"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"dataset.filters.{key} must be a share in [0, 1], got {getattr(self, key)}")
+        if self.max_tries < 1:
+            raise ValueError(f"dataset.filters.max_tries must be >= 1, got {self.max_tries}")
+
+    def reason(self, data: np.ndarray, valid: np.ndarray, water_index: int | None) -> str | None:
+        """Why a patch is rejected, or None if it is kept."""
+        n = valid.size
+        if (n - valid.sum()) / n > self.max_nodata:
+            return "nodata"
+        if water_index is not None and self.max_water < 1.0:
+            if ((data[water_index] < self.water_below) & valid).sum() / n > self.max_water:
+                return "water"
+        if self.saturated_at is not None and self.max_saturated < 1.0:
+            if ((data >= self.saturated_at).any(0) & valid).sum() / n > self.max_saturated:
+                return "saturated"
+        return None
+
+
+def make_filter(filters: dict[str, Any] | None) -> PatchFilter:
+    filters = dict(filters or {})
+    unknown = set(filters) - {f.name for f in fields(PatchFilter)}
+    if unknown:
+        raise ValueError(f"dataset.filters: unknown key(s) {sorted(unknown)}")
+    return PatchFilter(**filters)
+
+
+class GeoTiffSource:
+    """One GeoTIFF: band selection checked up front, windowed reads in stored units plus a validity
+    mask (nodata value or NaN in any band). The file is opened lazily once per process, so the
+    source can go to DataLoader workers."""
+
+    def __init__(self, path: str | os.PathLike, bands: Sequence[str | int] | None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise RasterError(f"{self.path}: no such file")
+        try:
+            with rasterio.open(self.path) as src:
+                self.indices = _band_indices(self.path, src.descriptions, src.count, bands)
+                self.band_names = [src.descriptions[i - 1] or f"band{i}" for i in self.indices]
+                self.dtype = src.dtypes[self.indices[0] - 1]
+                self.nodata = src.nodata
+                self.height, self.width = src.height, src.width
+                self.transform, self.crs = src.transform, src.crs
+        except RasterioError as err:
+            raise RasterError(f"{self.path}: cannot read as a raster ({err})") from err
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise RasterError(f"{self.path}: unsupported data type {self.dtype}; supported: {SUPPORTED_DTYPES}")
+        self._handle = None
+        self._pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handle": None, "_pid": None}
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        if self._handle is None or self._pid != os.getpid():
+            self._handle, self._pid = rasterio.open(self.path), os.getpid()
+        data = self._handle.read(self.indices, window=window).astype(np.float32)
+        valid = np.isfinite(data).all(0)
+        if self.nodata is not None and not math.isnan(self.nodata):
+            valid &= ~(data == self.nodata).any(0)
+        return data, valid
+
+
+class ArraySource:
+    """An in-memory image with the same interface as :class:`GeoTiffSource`."""
+
+    def __init__(self, data: np.ndarray, band_names: Sequence[str], name: str = "synthetic") -> None:
+        self.data = data.astype(np.float32)
+        self.path = Path(name)
+        self.band_names = list(band_names)
+        self.dtype = str(data.dtype)
+        self.nodata = None
+        self.height, self.width = data.shape[1:]
+        self.transform, self.crs = Affine.identity(), None
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        r, c = int(window.row_off), int(window.col_off)
+        data = self.data[:, r : r + int(window.height), c : c + int(window.width)]
+        return data.copy(), np.isfinite(data).all(0)
+
+
+def _statistics(
+    sources: list[Any], blocks: list[tuple[int, int, int, int]], percentiles: Sequence[float], cache_dir: Path | None
+) -> dict[str, list[float]]:
+    """Per-band mean, std and percentiles of the valid pixels of the training blocks, streamed in
+    row chunks and cached on disk under a key of the files (path, size, mtime), bands and blocks."""
+    key = json.dumps(
+        [
+            [str(s.path.resolve()) if s.path.exists() else str(s.path), getattr(s, "indices", None), b]
+            + ([s.path.stat().st_size, s.path.stat().st_mtime_ns] if s.path.exists() else [])
+            for s, b in zip(sources, blocks)
+        ]
+        + [sorted(percentiles)]
+    )
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir).expanduser() / f"stats-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+        if cache.is_file():
+            return json.loads(cache.read_text())
+    bands = len(sources[0].band_names)
+    total, total_sq, count = np.zeros(bands), np.zeros(bands), 0
+    sample: list[np.ndarray] = []
+    for source, (row, col, rows, cols) in zip(sources, blocks):
+        for r in range(row, row + rows, 256):
+            data, valid = source.read(Window(col, r, cols, min(256, row + rows - r)))
+            values = data[:, valid].astype(np.float64)
+            total += values.sum(1)
+            total_sq += (values**2).sum(1)
+            count += values.shape[1]
+            sample.append(values[:, :: max(1, values.shape[1] // 20000)])
+    if count == 0:
+        raise RasterError(f"{sources[0].path}: the training area has no valid pixel to compute statistics from")
+    mean = total / count
+    stats = {"mean": mean.tolist(), "std": np.sqrt(np.maximum(total_sq / count - mean**2, 0)).tolist()}
+    pooled = np.concatenate(sample, axis=1)
+    for p in percentiles:
+        stats[f"p{p:g}"] = np.percentile(pooled, p, axis=1).tolist()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stats))
+        os.replace(tmp, cache)
+    return stats
+
+
+def _fit_normalization(normalization: Any, sources, blocks, cache_dir) -> None:
+    if getattr(normalization, "needs_statistics", False) and not normalization.fitted:
+        percentiles = [normalization.low, normalization.high] if hasattr(normalization, "low") else []
+        normalization.fit(_statistics(sources, blocks, percentiles, cache_dir))
+
+
+def _rgb_indices(bands: list, band_names: list[str], rgb_bands: Sequence[str | int] | None) -> list[int]:
+    if rgb_bands is None:
+        return [0, 0, 0] if len(bands) < 3 else [0, 1, 2]
+    out = []
+    for band in rgb_bands:
+        if band in bands:
+            out.append(bands.index(band))
+        elif band in band_names:
+            out.append(band_names.index(band))
+        else:
+            raise ValueError(f"dataset.rgb_bands: {band!r} is not one of dataset.bands {bands}")
+    return out
+
+
+def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, k, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if flip else x
+
+
+def _augment(lr: torch.Tensor, hr: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One of the 8 flips / 90-degree rotations, identical for LR and HR."""
+    k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+    return _dihedral(lr, k, flip), _dihedral(hr, k, flip)
+
+
 class RasterSRData:
-    """A GeoTIFF as a super-resolution data source, split into disjoint column blocks.
+    """GeoTIFF(s) as a super-resolution data source, each split into disjoint column blocks.
 
     Args:
-        path: the GeoTIFF.
+        path: a GeoTIFF or a list of them (same bands in each).
         bands: band names (matched against the file's band descriptions) or 1-based indices.
         num_bands: the band count the rest of the config interpolates; must equal ``len(bands)``.
         scale: the super-resolution factor.
-        degradation: makes LR from HR (a callable on tensors).
+        degradation: makes LR from HR (``Resample`` or ``Degradation``).
         normalization: maps stored values to the network's range and back.
-        split: ``{"fractions": {"train": .., "val": .., "test": ..}, "gap": columns}``.
+        split: ``{"fractions": {"train": .., "val": .., "test": ..}, "gap": pixels, "axis": "columns"}``:
+            disjoint blocks of columns (or of rows, ``axis: rows``), ``gap`` HR pixels apart.
         patch_size: HR size of training patches (a multiple of ``scale``).
         val_tile: HR size of validation tiles (a multiple of ``scale``).
         rgb_bands: names of the bands shown as red, green, blue in image grids.
         name: a label for logs.
-        dtype: the stored data type (informative; the file's own is used).
+        filters: :class:`PatchFilter` keys (nodata, water, saturation shares) for training patches.
+        nan_policy: ``mask`` (NaN pixels are nodata) or ``reject`` (a NaN anywhere is an error).
+        cache_dir: where per-band statistics of the training split are cached (z-score, percentiles).
     """
 
     def __init__(
         self,
-        path: str,
+        path: str | Sequence[str],
         bands: Sequence[str | int],
         num_bands: int,
         scale: int,
         degradation: Resample,
-        normalization: LinearScale,
+        normalization: Any,
         split: dict[str, Any],
         patch_size: int = 96,
         val_tile: int = 128,
         rgb_bands: Sequence[str | int] | None = None,
         name: str = "raster",
+        filters: dict[str, Any] | None = None,
+        nan_policy: str = "mask",
+        cache_dir: str | None = None,
     ) -> None:
         bands = list(bands)
         if num_bands != len(bands):
@@ -69,104 +271,176 @@ class RasterSRData:
                 raise ValueError(f"dataset.{key}={size} must be a multiple of dataset.scale={scale}")
         if getattr(degradation, "scale", scale) != scale:
             raise ValueError(f"dataset.degradation.scale={degradation.scale} differs from dataset.scale={scale}")
-        self.path = Path(path)
-        self.bands = bands
-        self.scale = scale
-        self.degradation = degradation
-        self.normalization = normalization
-        self.patch_size = patch_size
-        self.val_tile = val_tile
-        self.name = name
-        raster = read_raster(self.path, bands)
-        self.band_names = raster.band_names
-        self.dtype = raster.dtype
-        self.rgb_indices = self._rgb_indices(rgb_bands)
-        rows = raster.data.shape[1] - raster.data.shape[1] % scale
-        self._hr = torch.from_numpy(np.asarray(self.normalization.normalize(raster.data[:, :rows].astype(np.float32))))
-        self._transform = raster.transform
-        self._crs = raster.crs
-        self.blocks = column_blocks(self._hr.shape[-1], dict(split["fractions"]), int(split["gap"]), align=scale)
-        for name_, (c0, c1) in self.blocks.items():
-            if min(rows, c1 - c0) < patch_size:
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"dataset.nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        self.bands, self.scale, self.degradation = bands, scale, degradation
+        self.normalization, self.patch_size, self.val_tile, self.name = normalization, patch_size, val_tile, name
+        self.filter = make_filter(filters)
+        self.nan_policy = nan_policy
+        self.sources = self._open(path)
+        self.path = self.sources[0].path
+        self.band_names = self.sources[0].band_names
+        for source in self.sources[1:]:
+            if source.band_names != self.band_names:
                 raise RasterError(
-                    f"{self.path}: split {name_!r} is {rows}x{c1 - c0} px, smaller than patch_size={patch_size}"
+                    f"{source.path}: bands {source.band_names} differ from {self.path}'s {self.band_names}"
                 )
-        self._regions: dict[str, Region] = {}
+        self.dtype = self.sources[0].dtype
+        self.rgb_indices = _rgb_indices(bands, self.band_names, rgb_bands)
+        self.water_index = self._water_index()
+        self.margin = getattr(degradation, "margin", 0)
+        self.axis = split.get("axis", "columns")
+        if self.axis not in ("columns", "rows"):
+            raise ValueError(f"dataset.split.axis must be 'columns' or 'rows', got {self.axis!r}")
+        self.blocks = []
+        need = patch_size + 2 * self.margin
+        for source in self.sources:
+            if source.height < need or source.width < need:
+                raise RasterError(
+                    f"{source.path}: {source.height}x{source.width} px is smaller than a patch "
+                    f"(patch_size={patch_size} + 2 x {self.margin} px of degradation context)"
+                )
+            length = source.width if self.axis == "columns" else source.height
+            blocks = column_blocks(length, dict(split["fractions"]), int(split["gap"]), align=scale)
+            for split_name, (c0, c1) in blocks.items():
+                # Training patches need the degradation's context; held-out areas are degraded whole.
+                least = need if split_name == "train" else patch_size
+                if c1 - c0 < least:
+                    raise RasterError(
+                        f"{source.path}: split {split_name!r} is {c1 - c0} px across, smaller than a patch ({least} px"
+                        f"{' with degradation context' if least > patch_size else ''}); "
+                        "change dataset.split.fractions or patch_size"
+                    )
+            self.blocks.append(blocks)
+        self._check_pixels()
+        _fit_normalization(
+            self.normalization, self.sources, [self.extent(i, "train") for i in range(len(self.sources))], cache_dir
+        )
+        self._regions: dict[tuple[str, int], Region] = {}
 
-    def _rgb_indices(self, rgb_bands: Sequence[str | int] | None) -> list[int]:
-        if rgb_bands is None:
-            return [0, 0, 0] if len(self.bands) < 3 else [0, 1, 2]
+    def extent(self, index: int, split: str) -> tuple[int, int, int, int]:
+        """``(row, col, rows, cols)`` of a split's area in file ``index``, aligned to the scale."""
+        source, (a, b) = self.sources[index], self.blocks[index][split]
+        s = self.scale
+        if self.axis == "columns":
+            return 0, a, source.height - source.height % s, b - a
+        return a, 0, b - a, source.width - source.width % s
+
+    def _open(self, path: str | Sequence[str]) -> list[Any]:
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        if not paths:
+            raise ValueError("dataset.path lists no file")
+        return [GeoTiffSource(p, self.bands) for p in paths]
+
+    def _water_index(self) -> int | None:
+        band = self.filter.water_band
+        if band is None:
+            return None
+        for candidates in (self.bands, self.band_names):
+            if band in candidates:
+                return candidates.index(band)
+        raise ValueError(f"dataset.filters.water_band={band!r} is not one of dataset.bands {self.bands}")
+
+    def _check_pixels(self) -> None:
+        """One streamed pass: NaNs (per nan_policy) and splits with no valid pixel fail here, before training."""
+        for i, (source, blocks) in enumerate(zip(self.sources, self.blocks)):
+            valid_per_split = dict.fromkeys(blocks, 0)
+            for r in range(0, source.height, 512):
+                data, valid = source.read(Window(0, r, source.width, min(512, source.height - r)))
+                if self.nan_policy == "reject" and np.isnan(data).any():
+                    bands = [self.band_names[b] for b in np.flatnonzero(np.isnan(data).any(axis=(1, 2)))]
+                    raise RasterError(
+                        f"{source.path}: NaN pixels in band(s) {bands} (rows from {r}); "
+                        "set dataset.nan_policy=mask to treat them as nodata"
+                    )
+                for split_name in blocks:
+                    row, col, rows, cols = self.extent(i, split_name)
+                    lo, hi = max(row - r, 0), max(min(row + rows - r, valid.shape[0]), 0)
+                    valid_per_split[split_name] += int(valid[lo:hi, col : col + cols].sum())
+            for split_name, count in valid_per_split.items():
+                if count == 0:
+                    raise RasterError(f"{source.path}: the {split_name} area is entirely nodata")
+
+    def _normalized(self, data: np.ndarray, valid: np.ndarray) -> torch.Tensor:
+        hr = np.asarray(self.normalization.normalize(data), dtype=np.float32)
+        hr[:, ~valid] = 0.0  # nodata and NaN carry no signal into the network
+        return torch.from_numpy(hr)
+
+    def regions(self, split: str) -> list[Region]:
+        """The whole area of one split in every file, HR and degraded LR (computed once, then cached)."""
+        if split not in self.blocks[0]:
+            raise KeyError(f"unknown split {split!r}; this dataset has {list(self.blocks[0])}")
         out = []
-        for band in rgb_bands:
-            if band in self.bands:
-                out.append(self.bands.index(band))
-            elif band in self.band_names:
-                out.append(self.band_names.index(band))
-            else:
-                raise ValueError(f"dataset.rgb_bands: {band!r} is not one of dataset.bands {self.bands}")
+        for i, source in enumerate(self.sources):
+            if (split, i) not in self._regions:
+                row, col, rows, cols = self.extent(i, split)
+                hr = self._normalized(*source.read(Window(col, row, cols, rows)))
+                rng = np.random.default_rng((getattr(self.degradation, "seed", 0), SPLITS.index(split), i))
+                self._regions[(split, i)] = Region(
+                    lr=self.degradation(hr, rng),
+                    hr=hr,
+                    hr_transform=source.transform @ Affine.translation(col, row),
+                    crs=source.crs,
+                )
+            out.append(self._regions[(split, i)])
         return out
 
     def region(self, split: str) -> Region:
-        """The whole area of one split, HR and degraded LR (computed once, then cached)."""
-        if split not in self.blocks:
-            raise KeyError(f"unknown split {split!r}; this dataset has {list(self.blocks)}")
-        if split not in self._regions:
-            c0, c1 = self.blocks[split]
-            hr = self._hr[:, :, c0:c1].contiguous()
-            self._regions[split] = Region(
-                lr=self.degradation(hr), hr=hr, hr_transform=self._transform @ Affine.translation(c0, 0), crs=self._crs
-            )
-        return self._regions[split]
+        """The split's area of the first (or only) file."""
+        return self.regions(split)[0]
 
-    def train_dataset(self, length: int, seed: int, augment: bool = True) -> RandomPatches:
-        region = self.region("train")
-        return RandomPatches(region.lr, region.hr, self.scale, self.patch_size, length, seed, augment)
+    def train_dataset(self, length: int, seed: int, augment: bool = True) -> RasterPatches:
+        return RasterPatches(self, length, seed, augment)
 
-    def val_dataset(self, split: str = "val") -> Tiles:
-        region = self.region(split)
-        return Tiles(region.lr, region.hr, self.scale, self.val_tile)
+    def val_dataset(self, split: str = "val") -> Dataset:
+        tiles = [Tiles(r.lr, r.hr, self.scale, self.val_tile) for r in self.regions(split)]
+        return tiles[0] if len(tiles) == 1 else ConcatDataset(tiles)
 
 
-def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    x = torch.rot90(x, k, dims=(-2, -1))
-    return torch.flip(x, dims=(-1,)) if flip else x
+class RasterPatches(Dataset):
+    """``length`` random aligned LR/HR training patches; item ``i`` depends only on ``(seed, i)``.
 
-
-class RandomPatches(Dataset):
-    """``length`` random aligned LR/HR patch pairs; item ``i`` depends only on ``(seed, i)``.
-
-    Deterministic items make a resumed run see the same batches as an uninterrupted one.
+    Each item reads one HR window with the degradation's context around it, checks the patch
+    filters (redrawing when rejected), normalises, degrades, crops the context away and applies
+    the same flip / rotation to LR and HR. Deterministic items let a resumed run see the same
+    batches as an uninterrupted one.
     """
 
-    def __init__(
-        self,
-        lr: torch.Tensor,
-        hr: torch.Tensor,
-        scale: int,
-        patch_size: int,
-        length: int,
-        seed: int,
-        augment: bool = True,
-    ) -> None:
-        self.lr, self.hr, self.scale = lr, hr, scale
-        self.lr_patch = patch_size // scale
-        self.length, self.seed, self.augment = length, seed, augment
+    def __init__(self, data: RasterSRData, length: int, seed: int, augment: bool = True) -> None:
+        self.data, self.length, self.seed, self.augment = data, length, seed, augment
+        self.extents = [data.extent(i, "train") for i in range(len(data.sources))]
+        areas = np.array([rows * cols for _, _, rows, cols in self.extents], dtype=np.float64)
+        self.weights = areas / areas.sum()
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        d = self.data
         rng = np.random.default_rng((self.seed, index))
-        rows, cols = self.lr.shape[-2:]
-        r = int(rng.integers(0, rows - self.lr_patch + 1))
-        c = int(rng.integers(0, cols - self.lr_patch + 1))
-        p, s = self.lr_patch, self.scale
-        lr = self.lr[:, r : r + p, c : c + p]
-        hr = self.hr[:, r * s : (r + p) * s, c * s : (c + p) * s]
-        if self.augment:
-            k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-            lr, hr = _dihedral(lr, k, flip), _dihedral(hr, k, flip)
-        return {"lr": lr.contiguous(), "hr": hr.contiguous()}
+        s, p, m = d.scale, d.patch_size, d.margin
+        reasons = []
+        for _ in range(d.filter.max_tries):
+            i = int(rng.choice(len(d.sources), p=self.weights)) if len(d.sources) > 1 else 0
+            source, (row, col, rows, cols) = d.sources[i], self.extents[i]
+            r = row + int(rng.integers(0, (rows - p - 2 * m) // s + 1)) * s
+            c = col + int(rng.integers(0, (cols - p - 2 * m) // s + 1)) * s
+            data, valid = source.read(Window(c, r, p + 2 * m, p + 2 * m))
+            inner = (slice(None), slice(m, m + p), slice(m, m + p))
+            reason = d.filter.reason(data[inner], valid[inner[1:]], d.water_index)
+            if reason is None:
+                hr = d._normalized(data, valid)
+                lr = d.degradation(hr, rng)[:, m // s : (m + p) // s, m // s : (m + p) // s]
+                hr = hr[inner]
+                if self.augment:
+                    lr, hr = _augment(lr, hr, rng)
+                return {"lr": lr.contiguous(), "hr": hr.contiguous()}
+            reasons.append(reason)
+        counts = {k: reasons.count(k) for k in set(reasons)}
+        raise RasterError(
+            f"{d.path}: no training patch passed dataset.filters in {d.filter.max_tries} tries "
+            f"(rejected for {counts}); loosen the filters or check the area"
+        )
 
 
 class Tiles(Dataset):
@@ -193,3 +467,180 @@ class Tiles(Dataset):
             "lr": self.lr[:, r : r + h, c : c + w].contiguous(),
             "hr": self.hr[:, r * s : (r + h) * s, c * s : (c + w) * s].contiguous(),
         }
+
+
+class SyntheticSRData(RasterSRData):
+    """Generated multi-band images (smooth fields plus texture), degraded like a raster: fast tests only."""
+
+    def __init__(
+        self,
+        num_bands: int,
+        scale: int,
+        degradation: Resample,
+        normalization: Any,
+        split: dict[str, Any],
+        rows: int = 96,
+        cols: int = 384,
+        seed: int = 0,
+        patch_size: int = 32,
+        val_tile: int = 32,
+        name: str = "synthetic",
+        bands: Sequence[str] | None = None,
+        rgb_bands: Sequence[str | int] | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> None:
+        bands = list(bands) if bands is not None else [f"S{i + 1}" for i in range(num_bands)]
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+        image = []
+        for b in range(num_bands):
+            fx, fy, phase = rng.uniform(0.05, 0.4, 2).tolist() + [rng.uniform(0, 2 * np.pi)]
+            field = 0.3 + 0.15 * np.sin(fx * xx + phase) * np.cos(fy * yy) + 0.05 * b
+            image.append(field + 0.02 * rng.standard_normal((rows, cols)))
+        self._image = np.stack(image).astype(np.float32)
+        super().__init__(
+            path="synthetic",
+            bands=bands,
+            num_bands=num_bands,
+            scale=scale,
+            degradation=degradation,
+            normalization=normalization,
+            split=split,
+            patch_size=patch_size,
+            val_tile=val_tile,
+            rgb_bands=rgb_bands,
+            name=name,
+            filters=filters,
+        )
+
+    def _open(self, path: Any) -> list[Any]:
+        return [ArraySource(self._image, self.bands, name=str(path))]
+
+
+class PairedFolderData:
+    """Real LR/HR pairs in the SEN2NAIP layout: ``<root>/<region>/lr.tif`` and ``hr.tif``.
+
+    Each region is a separate area, so whole regions go to train, validation or test: a region's
+    split is fixed by a hash of its folder name against the split fractions (stable when regions
+    are added). The scale is checked from the shapes (``hr = scale x lr`` in both directions).
+    ``bands`` select HR bands, ``lr_bands`` the LR bands (default: the same), any count, equal
+    between the two. ``lr_normalization`` defaults to ``normalization``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        bands: Sequence[str | int],
+        num_bands: int,
+        scale: int,
+        normalization: Any,
+        split: dict[str, Any],
+        patch_size: int = 128,
+        val_tile: int = 128,
+        rgb_bands: Sequence[str | int] | None = None,
+        name: str = "paired_folder",
+        lr_bands: Sequence[str | int] | None = None,
+        lr_normalization: Any = None,
+        lr_file: str = "lr.tif",
+        hr_file: str = "hr.tif",
+    ) -> None:
+        self.root = self.path = Path(root)
+        bands = list(bands)
+        if num_bands != len(bands):
+            raise ValueError(f"dataset.num_bands={num_bands} but dataset.bands lists {len(bands)} bands: {bands}")
+        if patch_size % scale or val_tile % scale:
+            raise ValueError(f"dataset.patch_size and val_tile must be multiples of dataset.scale={scale}")
+        if not self.root.is_dir():
+            raise RasterError(f"{self.root}: no such folder (expected <root>/<region>/{lr_file} and {hr_file})")
+        self.bands, self.scale, self.patch_size, self.val_tile, self.name = bands, scale, patch_size, val_tile, name
+        self.normalization = normalization
+        self.lr_normalization = lr_normalization or normalization
+        folders = sorted(d for d in self.root.iterdir() if d.is_dir())
+        if not folders:
+            raise RasterError(f"{self.root}: no region folders (expected <root>/<region>/{lr_file} and {hr_file})")
+        self.pairs: dict[str, list[tuple[GeoTiffSource, GeoTiffSource]]] = {s: [] for s in split["fractions"]}
+        for folder in folders:
+            lr = GeoTiffSource(folder / lr_file, list(lr_bands) if lr_bands is not None else bands)
+            hr = GeoTiffSource(folder / hr_file, bands)
+            if (hr.height, hr.width) != (lr.height * scale, lr.width * scale):
+                raise RasterError(
+                    f"{folder}: {hr_file} is {hr.height}x{hr.width} px and {lr_file} {lr.height}x{lr.width} px, "
+                    f"not x{scale} (dataset.scale)"
+                )
+            if hr.height < patch_size or hr.width < patch_size:
+                raise RasterError(f"{folder}: {hr.height}x{hr.width} px is smaller than patch_size={patch_size}")
+            self.pairs[self._split_of(folder.name, dict(split["fractions"]))].append((lr, hr))
+        for split_name, pairs in self.pairs.items():
+            if not pairs:
+                raise RasterError(
+                    f"{self.root}: no region falls in the {split_name!r} split ({len(folders)} regions); "
+                    "add regions or change dataset.split.fractions"
+                )
+        first_lr, first_hr = next(iter(self.pairs.values()))[0]
+        self.band_names, self.dtype = first_hr.band_names, first_hr.dtype
+        self.rgb_indices = _rgb_indices(bands, self.band_names, rgb_bands)
+        self._regions: dict[str, list[Region]] = {}
+
+    @staticmethod
+    def _split_of(name: str, fractions: dict[str, float]) -> str:
+        u = int(hashlib.sha1(name.encode()).hexdigest()[:12], 16) / 16**12
+        edge = 0.0
+        for split_name, fraction in fractions.items():
+            edge += fraction
+            if u < edge:
+                return split_name
+        return list(fractions)[-1]
+
+    def regions(self, split: str) -> list[Region]:
+        if split not in self.pairs:
+            raise KeyError(f"unknown split {split!r}; this dataset has {list(self.pairs)}")
+        if split not in self._regions:
+            out = []
+            for lr_src, hr_src in self.pairs[split]:
+                lr, lr_valid = lr_src.read(Window(0, 0, lr_src.width, lr_src.height))
+                hr, hr_valid = hr_src.read(Window(0, 0, hr_src.width, hr_src.height))
+                lr = np.asarray(self.lr_normalization.normalize(lr), dtype=np.float32)
+                hr = np.asarray(self.normalization.normalize(hr), dtype=np.float32)
+                lr[:, ~lr_valid], hr[:, ~hr_valid] = 0.0, 0.0
+                out.append(Region(torch.from_numpy(lr), torch.from_numpy(hr), hr_src.transform, hr_src.crs))
+            self._regions[split] = out
+        return self._regions[split]
+
+    def region(self, split: str) -> Region:
+        return self.regions(split)[0]
+
+    def train_dataset(self, length: int, seed: int, augment: bool = True) -> Dataset:
+        return PairedPatches(self, length, seed, augment)
+
+    def val_dataset(self, split: str = "val") -> Dataset:
+        tiles = [Tiles(r.lr, r.hr, self.scale, self.val_tile) for r in self.regions(split)]
+        return tiles[0] if len(tiles) == 1 else ConcatDataset(tiles)
+
+
+class PairedPatches(Dataset):
+    """Random aligned windows of the training regions' real LR/HR pairs; item ``i`` depends only on ``(seed, i)``."""
+
+    def __init__(self, data: PairedFolderData, length: int, seed: int, augment: bool = True) -> None:
+        self.data, self.length, self.seed, self.augment = data, length, seed, augment
+        self.pairs = data.pairs["train"]
+        areas = np.array([hr.height * hr.width for _, hr in self.pairs], dtype=np.float64)
+        self.weights = areas / areas.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        d = self.data
+        rng = np.random.default_rng((self.seed, index))
+        lr_src, hr_src = self.pairs[int(rng.choice(len(self.pairs), p=self.weights))]
+        q, s = d.patch_size // d.scale, d.scale
+        r, c = int(rng.integers(0, lr_src.height - q + 1)), int(rng.integers(0, lr_src.width - q + 1))
+        lr, lr_valid = lr_src.read(Window(c, r, q, q))
+        hr, hr_valid = hr_src.read(Window(c * s, r * s, q * s, q * s))
+        lr = np.asarray(d.lr_normalization.normalize(lr), dtype=np.float32)
+        hr = np.asarray(d.normalization.normalize(hr), dtype=np.float32)
+        lr[:, ~lr_valid], hr[:, ~hr_valid] = 0.0, 0.0
+        lr_t, hr_t = torch.from_numpy(lr), torch.from_numpy(hr)
+        if self.augment:
+            lr_t, hr_t = _augment(lr_t, hr_t, rng)
+        return {"lr": lr_t.contiguous(), "hr": hr_t.contiguous()}
