@@ -27,7 +27,8 @@ def test_every_group_has_an_option():
 
 
 @pytest.mark.parametrize(
-    "group,option", [(g, o) for g in GROUPS for o in options(g) if not (g == "dataset" and o in ("raster", "paired_folder"))]
+    "group,option",
+    [(g, o) for g in GROUPS for o in options(g) if not (g == "dataset" and o in ("raster", "paired_folder"))],
 )
 def test_every_option_composes_validates_and_instantiates(group, option):
     cfg = compose_config("train", [f"{group}={option}", "generator.n_channels=8", "generator.n_blocks=1"])

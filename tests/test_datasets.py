@@ -343,3 +343,18 @@ def test_synthetic_dataset_is_small_and_deterministic():
     a, b = instantiate(cfg.dataset, _convert_="all"), instantiate(cfg.dataset, _convert_="all")
     assert isinstance(a, SyntheticSRData) and a.band_names == ["S1", "S2", "S3", "S4"]
     torch.testing.assert_close(a.train_dataset(4, 0)[3]["hr"], b.train_dataset(4, 0)[3]["hr"])
+
+
+def test_bundled_20m_and_naip_samples_are_what_the_configs_say():
+    import rasterio
+
+    from srgan.config import PROJECT_ROOT
+
+    sample = PROJECT_ROOT / "data" / "sample"
+    with rasterio.open(next(sample.glob("*_20m_*.tif"))) as src:
+        assert src.descriptions == ("B05", "B06", "B07", "B8A", "B11", "B12")
+        assert src.res == (20.0, 20.0) and src.crs.to_epsg() == 32618 and src.dtypes[0] == "uint16"
+    with rasterio.open(next(sample.glob("naip_*.tif"))) as src:
+        assert src.descriptions == ("R", "G", "B", "NIR")
+        assert src.res == (5.0, 5.0) and src.crs.to_epsg() == 26914 and src.dtypes[0] == "uint8"
+    assert (sample / "README.md").read_text().count("Contains modified Copernicus Sentinel data 2016") >= 2

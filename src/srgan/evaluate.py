@@ -54,7 +54,9 @@ def evaluate_regions(
         predictions = {
             "sr": tiled_super_resolve(model.generator.to(device), lr, model.scale, tile, overlap, batch_size, device),
             "bicubic": upsample_image(lr[None].to(device), model.scale, "bicubic")[0],
-            "nearest": torch.nn.functional.interpolate(lr[None].to(device), scale_factor=model.scale, mode="nearest")[0],
+            "nearest": torch.nn.functional.interpolate(lr[None].to(device), scale_factor=model.scale, mode="nearest")[
+                0
+            ],
         }
         for name, pred in predictions.items():
             metrics[name].update(pred[None], hr[None].to(device))
@@ -87,7 +89,14 @@ def main(cfg: DictConfig) -> None:
     check_compatible(model, data)
     regions = data.regions(cfg.split)
     results = evaluate_regions(
-        model, [(r.lr, r.hr) for r in regions], data.band_names, cfg.border, cfg.tile, cfg.overlap, cfg.batch_size, device
+        model,
+        [(r.lr, r.hr) for r in regions],
+        data.band_names,
+        cfg.border,
+        cfg.tile,
+        cfg.overlap,
+        cfg.batch_size,
+        device,
     )
     size = " + ".join(f"{r.hr.shape[-2]}x{r.hr.shape[-1]}" for r in regions)
     print(

@@ -214,6 +214,39 @@ def _rgb_indices(bands: list, band_names: list[str], rgb_bands: Sequence[str | i
     return out
 
 
+def _check_sizes(bands: list, num_bands: int, scale: int, patch_size: int, val_tile: int) -> None:
+    if num_bands != len(bands):
+        raise ValueError(f"dataset.num_bands={num_bands} but dataset.bands lists {len(bands)} bands: {bands}")
+    for key, size in (("patch_size", patch_size), ("val_tile", val_tile)):
+        if size % scale:
+            raise ValueError(f"dataset.{key}={size} must be a multiple of dataset.scale={scale}")
+
+
+def _normalized(normalization: Any, data: np.ndarray, valid: np.ndarray) -> torch.Tensor:
+    """Stored units to the network's range; nodata and NaN pixels carry no signal (0)."""
+    out = np.asarray(normalization.normalize(data), dtype=np.float32)
+    out[:, ~valid] = 0.0
+    return torch.from_numpy(out)
+
+
+class _HeldOutAreas:
+    """What every data source offers besides training patches: the held-out areas as regions and tiles."""
+
+    scale: int
+    val_tile: int
+
+    def regions(self, split: str) -> list[Region]:
+        raise NotImplementedError
+
+    def region(self, split: str) -> Region:
+        """The split's first (or only) area."""
+        return self.regions(split)[0]
+
+    def val_dataset(self, split: str = "val") -> Dataset:
+        tiles = [Tiles(r.lr, r.hr, self.scale, self.val_tile) for r in self.regions(split)]
+        return tiles[0] if len(tiles) == 1 else ConcatDataset(tiles)
+
+
 def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     x = torch.rot90(x, k, dims=(-2, -1))
     return torch.flip(x, dims=(-1,)) if flip else x
@@ -225,7 +258,7 @@ def _augment(lr: torch.Tensor, hr: torch.Tensor, rng: np.random.Generator) -> tu
     return _dihedral(lr, k, flip), _dihedral(hr, k, flip)
 
 
-class RasterSRData:
+class RasterSRData(_HeldOutAreas):
     """GeoTIFF(s) as a super-resolution data source, each split into disjoint column blocks.
 
     Args:
@@ -264,11 +297,7 @@ class RasterSRData:
         cache_dir: str | None = None,
     ) -> None:
         bands = list(bands)
-        if num_bands != len(bands):
-            raise ValueError(f"dataset.num_bands={num_bands} but dataset.bands lists {len(bands)} bands: {bands}")
-        for key, size in (("patch_size", patch_size), ("val_tile", val_tile)):
-            if size % scale:
-                raise ValueError(f"dataset.{key}={size} must be a multiple of dataset.scale={scale}")
+        _check_sizes(bands, num_bands, scale, patch_size, val_tile)
         if getattr(degradation, "scale", scale) != scale:
             raise ValueError(f"dataset.degradation.scale={degradation.scale} differs from dataset.scale={scale}")
         if nan_policy not in NAN_POLICIES:
@@ -361,11 +390,6 @@ class RasterSRData:
                 if count == 0:
                     raise RasterError(f"{source.path}: the {split_name} area is entirely nodata")
 
-    def _normalized(self, data: np.ndarray, valid: np.ndarray) -> torch.Tensor:
-        hr = np.asarray(self.normalization.normalize(data), dtype=np.float32)
-        hr[:, ~valid] = 0.0  # nodata and NaN carry no signal into the network
-        return torch.from_numpy(hr)
-
     def regions(self, split: str) -> list[Region]:
         """The whole area of one split in every file, HR and degraded LR (computed once, then cached)."""
         if split not in self.blocks[0]:
@@ -374,7 +398,7 @@ class RasterSRData:
         for i, source in enumerate(self.sources):
             if (split, i) not in self._regions:
                 row, col, rows, cols = self.extent(i, split)
-                hr = self._normalized(*source.read(Window(col, row, cols, rows)))
+                hr = _normalized(self.normalization, *source.read(Window(col, row, cols, rows)))
                 rng = np.random.default_rng((getattr(self.degradation, "seed", 0), SPLITS.index(split), i))
                 self._regions[(split, i)] = Region(
                     lr=self.degradation(hr, rng),
@@ -385,16 +409,8 @@ class RasterSRData:
             out.append(self._regions[(split, i)])
         return out
 
-    def region(self, split: str) -> Region:
-        """The split's area of the first (or only) file."""
-        return self.regions(split)[0]
-
     def train_dataset(self, length: int, seed: int, augment: bool = True) -> RasterPatches:
         return RasterPatches(self, length, seed, augment)
-
-    def val_dataset(self, split: str = "val") -> Dataset:
-        tiles = [Tiles(r.lr, r.hr, self.scale, self.val_tile) for r in self.regions(split)]
-        return tiles[0] if len(tiles) == 1 else ConcatDataset(tiles)
 
 
 class RasterPatches(Dataset):
@@ -429,7 +445,7 @@ class RasterPatches(Dataset):
             inner = (slice(None), slice(m, m + p), slice(m, m + p))
             reason = d.filter.reason(data[inner], valid[inner[1:]], d.water_index)
             if reason is None:
-                hr = d._normalized(data, valid)
+                hr = _normalized(d.normalization, data, valid)
                 lr = d.degradation(hr, rng)[:, m // s : (m + p) // s, m // s : (m + p) // s]
                 hr = hr[inner]
                 if self.augment:
@@ -517,7 +533,7 @@ class SyntheticSRData(RasterSRData):
         return [ArraySource(self._image, self.bands, name=str(path))]
 
 
-class PairedFolderData:
+class PairedFolderData(_HeldOutAreas):
     """Real LR/HR pairs in the SEN2NAIP layout: ``<root>/<region>/lr.tif`` and ``hr.tif``.
 
     Each region is a separate area, so whole regions go to train, validation or test: a region's
@@ -546,10 +562,7 @@ class PairedFolderData:
     ) -> None:
         self.root = self.path = Path(root)
         bands = list(bands)
-        if num_bands != len(bands):
-            raise ValueError(f"dataset.num_bands={num_bands} but dataset.bands lists {len(bands)} bands: {bands}")
-        if patch_size % scale or val_tile % scale:
-            raise ValueError(f"dataset.patch_size and val_tile must be multiples of dataset.scale={scale}")
+        _check_sizes(bands, num_bands, scale, patch_size, val_tile)
         if not self.root.is_dir():
             raise RasterError(f"{self.root}: no such folder (expected <root>/<region>/{lr_file} and {hr_file})")
         self.bands, self.scale, self.patch_size, self.val_tile, self.name = bands, scale, patch_size, val_tile, name
@@ -597,24 +610,14 @@ class PairedFolderData:
         if split not in self._regions:
             out = []
             for lr_src, hr_src in self.pairs[split]:
-                lr, lr_valid = lr_src.read(Window(0, 0, lr_src.width, lr_src.height))
-                hr, hr_valid = hr_src.read(Window(0, 0, hr_src.width, hr_src.height))
-                lr = np.asarray(self.lr_normalization.normalize(lr), dtype=np.float32)
-                hr = np.asarray(self.normalization.normalize(hr), dtype=np.float32)
-                lr[:, ~lr_valid], hr[:, ~hr_valid] = 0.0, 0.0
-                out.append(Region(torch.from_numpy(lr), torch.from_numpy(hr), hr_src.transform, hr_src.crs))
+                lr = _normalized(self.lr_normalization, *lr_src.read(Window(0, 0, lr_src.width, lr_src.height)))
+                hr = _normalized(self.normalization, *hr_src.read(Window(0, 0, hr_src.width, hr_src.height)))
+                out.append(Region(lr, hr, hr_src.transform, hr_src.crs))
             self._regions[split] = out
         return self._regions[split]
 
-    def region(self, split: str) -> Region:
-        return self.regions(split)[0]
-
     def train_dataset(self, length: int, seed: int, augment: bool = True) -> Dataset:
         return PairedPatches(self, length, seed, augment)
-
-    def val_dataset(self, split: str = "val") -> Dataset:
-        tiles = [Tiles(r.lr, r.hr, self.scale, self.val_tile) for r in self.regions(split)]
-        return tiles[0] if len(tiles) == 1 else ConcatDataset(tiles)
 
 
 class PairedPatches(Dataset):
@@ -635,12 +638,8 @@ class PairedPatches(Dataset):
         lr_src, hr_src = self.pairs[int(rng.choice(len(self.pairs), p=self.weights))]
         q, s = d.patch_size // d.scale, d.scale
         r, c = int(rng.integers(0, lr_src.height - q + 1)), int(rng.integers(0, lr_src.width - q + 1))
-        lr, lr_valid = lr_src.read(Window(c, r, q, q))
-        hr, hr_valid = hr_src.read(Window(c * s, r * s, q * s, q * s))
-        lr = np.asarray(d.lr_normalization.normalize(lr), dtype=np.float32)
-        hr = np.asarray(d.normalization.normalize(hr), dtype=np.float32)
-        lr[:, ~lr_valid], hr[:, ~hr_valid] = 0.0, 0.0
-        lr_t, hr_t = torch.from_numpy(lr), torch.from_numpy(hr)
+        lr_t = _normalized(d.lr_normalization, *lr_src.read(Window(c, r, q, q)))
+        hr_t = _normalized(d.normalization, *hr_src.read(Window(c * s, r * s, q * s, q * s)))
         if self.augment:
             lr_t, hr_t = _augment(lr_t, hr_t, rng)
         return {"lr": lr_t.contiguous(), "hr": hr_t.contiguous()}

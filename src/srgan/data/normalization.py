@@ -67,7 +67,9 @@ class _FittedPerBand:
 
     def _require(self) -> None:
         if not self.fitted:
-            raise RuntimeError(f"{type(self).__name__} has no statistics yet: the dataset computes them on its train split")
+            raise RuntimeError(
+                f"{type(self).__name__} has no statistics yet: the dataset computes them on its train split"
+            )
 
     def normalize(self, x: Array) -> Array:
         self._require()
