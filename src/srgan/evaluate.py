@@ -87,6 +87,13 @@ def main(cfg: DictConfig) -> None:
     model = load_model(cfg.model)
     data = instantiate(cfg.dataset, _convert_="all")
     check_compatible(model, data)
+    # The model sees data normalised as in its training (e.g. its z-score statistics), whatever
+    # normalisation the evaluation's dataset config names.
+    if model.normalization.to_config() != data.normalization.to_config():
+        print(f"using the model's normalisation {model.normalization!r} instead of {data.normalization!r}")
+        if getattr(data, "lr_normalization", None) is data.normalization:
+            data.lr_normalization = model.normalization
+        data.normalization = model.normalization
     regions = data.regions(cfg.split)
     results = evaluate_regions(
         model,
