@@ -1,30 +1,65 @@
-"""``srgan-infer``: super-resolve a GeoTIFF with a trained model, keeping its georeference.
+"""``srgan-infer``: super-resolve a GeoTIFF of any size with a trained model, keeping its georeference.
 
     srgan-infer model=outputs/demo/<run> input=scene_lr.tif output=scene_sr.tif
+    srgan-infer model=runs:/<run id>/model input=... output=... bf16=true cog=true
 
-The output has the input's CRS, a geotransform with 1/scale of the pixel size, the input's
-units and data type (values rounded and clipped for integer types) and band names.
+The scene is streamed: one row of LR tiles is read (a rasterio window) at a time, super-resolved in
+batches, blended into a rolling buffer of output rows, and every row that no later tile touches is
+written out (a rasterio window) and forgotten. Memory is bounded by the tile size, the batch and the
+scene *width*, never its height. The output has the input's CRS, a geotransform with 1/scale of the
+pixel size, the input's band names, nodata value and units (inverse normalisation, rounded and
+clipped to the input's data type), as a tiled, DEFLATE-compressed GeoTIFF (or a COG). LR nodata
+pixels stay nodata in SR (their scale x scale blocks). The file appears only once complete.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
+import rasterio
+import rasterio.shutil
 import torch
 from affine import Affine
 from omegaconf import DictConfig
+from rasterio.windows import Window
+from tqdm.auto import tqdm
 
 from srgan.config import CONF_DIR
-from srgan.data.rasters import Raster, RasterError, read_raster, to_dtype, write_raster
+from srgan.data.rasters import RasterError, _band_indices, to_dtype
 from srgan.devices import pick_device
-from srgan.engine.checkpoint import load_model
-from srgan.tiling import tiled_super_resolve
+from srgan.engine.checkpoint import ExportedModel, load_model
+from srgan.tiling import _edges, blend_window, run_tiles, tile_boxes
+
+
+def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> Path:
+    """A model folder, a run folder, or an MLflow artifact URI (``runs:/<id>/model``, ``models:/<name>/<v>``,
+    ``mlflow-artifacts:/...``) downloaded to a temporary folder."""
+    text = str(model)
+    if not Path(text).exists() and re.match(r"^[a-zA-Z][\w+.-]+:/", text):
+        import mlflow
+
+        target = tempfile.mkdtemp(prefix="srgan-model-")
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=target, tracking_uri=tracking_uri))
+    return Path(text)
+
+
+def _histogram_maps(sr_samples: np.ndarray, lr_samples: np.ndarray, points: int = 1024) -> list[tuple]:
+    """Per band (SR quantiles, LR quantiles): the monotone map that gives SR the LR's histogram."""
+    q = np.linspace(0, 100, points)
+    return [(np.percentile(s, q), np.percentile(l_, q)) for s, l_ in zip(sr_samples, lr_samples)]
 
 
 def super_resolve_file(
-    model_path: str | Path,
+    model_path: str | Path | ExportedModel,
     input_path: str | Path,
     output_path: str | Path,
     bands: list[str | int] | None = None,
@@ -33,35 +68,151 @@ def super_resolve_file(
     batch_size: int = 4,
     device: str = "auto",
     overwrite: bool = False,
-) -> Path:
-    """Read ``input_path``, super-resolve it and write ``output_path``; returns the output path."""
-    output_path = Path(output_path)
+    bf16: bool = False,
+    cog: bool = False,
+    histogram_match: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stream ``input_path`` through the model into ``output_path``; returns the path and timing."""
+    input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
-    model = load_model(model_path)
-    selection = list(bands) if bands else model.band_names
-    raster = read_raster(input_path, selection)
-    if raster.data.shape[0] != len(model.band_names):
-        raise RasterError(f"{input_path}: {raster.data.shape[0]} bands selected, model expects {len(model.band_names)}")
-    lr = torch.from_numpy(np.asarray(model.normalization.normalize(raster.data.astype(np.float32))))
+    model = model_path if isinstance(model_path, ExportedModel) else load_model(model_path)
+    if not input_path.is_file():
+        raise RasterError(f"{input_path}: no such file")
     dev = pick_device(device)
-    sr = tiled_super_resolve(model.generator.to(dev), lr, model.scale, tile, overlap, batch_size, dev)
-    values = np.asarray(model.normalization.denormalize(sr.cpu().numpy()))
-    result = Raster(
-        data=to_dtype(values, raster.dtype),
-        transform=raster.transform @ Affine.scale(1 / model.scale),
-        crs=raster.crs,
-        band_names=model.band_names,
-        dtype=raster.dtype,
-        nodata=raster.nodata,
-    )
-    return write_raster(output_path, result, overwrite=overwrite)
+    generator, s = model.generator.to(dev), model.scale
+    with rasterio.open(input_path) as src:
+        indices = _band_indices(input_path, src.descriptions, src.count, list(bands) if bands else model.band_names)
+        if len(indices) != len(model.band_names):
+            raise RasterError(
+                f"{input_path}: {len(indices)} bands selected, the model was trained on {len(model.band_names)} "
+                f"({', '.join(model.band_names)})"
+            )
+        height, width, dtype, nodata = src.height, src.width, src.dtypes[indices[0] - 1], src.nodata
+        profile = dict(
+            driver="GTiff",
+            width=width * s,
+            height=height * s,
+            count=len(indices),
+            dtype=dtype,
+            crs=src.crs,
+            transform=src.transform @ Affine.scale(1 / s),
+            nodata=nodata,
+            compress="deflate",
+            predictor=3 if np.dtype(dtype).kind == "f" else 2,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            BIGTIFF="IF_SAFER",
+        )
+        boxes = tile_boxes(height, width, tile, overlap)
+        rows = sorted({b[0] for b in boxes})
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
+        stage = work / "sr.tif"
+        lr_samples: list[np.ndarray] = []
+        try:
+            started, done = time.perf_counter(), 0
+            bar = tqdm(total=len(boxes), unit="tile", disable=not progress, desc=input_path.name, mininterval=1.0)
+            with rasterio.open(stage, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
+                acc = torch.zeros(len(indices), 0, width * s)
+                wsum = torch.zeros(1, 0, width * s)
+                mask_rows = np.zeros((0, width * s), dtype=bool)
+                base = 0  # first HR row held in the buffers
+                for i, r in enumerate(rows):
+                    th = next(b[2] for b in boxes if b[0] == r)
+                    strip = src.read(indices, window=Window(0, r, width, th)).astype(np.float32)
+                    valid = np.isfinite(strip).all(0)
+                    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+                        valid &= ~(strip == nodata).any(0)
+                    if histogram_match:  # about a million LR values per band, each LR row once
+                        fresh = rows[i + 1] - r if i + 1 < len(rows) else th
+                        values = strip[:, :fresh][:, valid[:fresh]]
+                        lr_samples.append(values[:, :: max(1, height * width // 1_000_000)])
+                    lr = torch.from_numpy(np.asarray(model.normalization.normalize(strip), dtype=np.float32))
+                    lr[:, ~torch.from_numpy(valid)] = 0.0
+                    end = (r + th) * s
+                    grow = end - (base + acc.shape[1])
+                    if grow > 0:
+                        acc = torch.cat([acc, torch.zeros(acc.shape[0], grow, width * s)], 1)
+                        wsum = torch.cat([wsum, torch.zeros(1, grow, width * s)], 1)
+                        mask_rows = np.concatenate([mask_rows, np.zeros((grow, width * s), dtype=bool)])
+                    invalid = np.repeat(np.repeat(~valid, s, 0), s, 1)
+                    mask_rows[r * s - base : end - base] |= invalid
+                    row_boxes = [b for b in boxes if b[0] == r]
+
+                    def read(box, lr=lr, r=r):
+                        _, c, h, w = box
+                        return lr[:, :h, c : c + w]
+
+                    for box, sr in run_tiles(generator, read, row_boxes, batch_size, dev, bf16):
+                        _, c, h, w = box
+                        window = blend_window(h * s, w * s, overlap * s, _edges(box, height, width))
+                        top = r * s - base
+                        acc[:, top : top + h * s, c * s : (c + w) * s] += sr.cpu() * window
+                        wsum[:, top : top + h * s, c * s : (c + w) * s] += window
+                        done += 1
+                        bar.update(1)
+                        bar.set_postfix(tiles_per_s=f"{done / (time.perf_counter() - started):.1f}", refresh=False)
+                    # Rows above the next tile row are final: write and drop them.
+                    final = rows[i + 1] * s if i + 1 < len(rows) else height * s
+                    n = final - base
+                    if n > 0:
+                        out = (acc[:, :n] / wsum[:, :n]).numpy()
+                        out[:, mask_rows[:n]] = np.nan
+                        dst.write(out, window=Window(0, base, width * s, n))
+                        acc, wsum, mask_rows = acc[:, n:], wsum[:, n:], mask_rows[n:]
+                        base = final
+            bar.close()
+            seconds = time.perf_counter() - started
+            maps = None
+            if histogram_match:
+                maps = _histogram_maps(_sample_sr(stage, model), np.concatenate(lr_samples, axis=1))
+            _finalise(stage, work / "final.tif", profile, model, maps)
+            if cog:
+                rasterio.shutil.copy(work / "final.tif", work / "cog.tif", driver="COG", compress="DEFLATE")
+                os.replace(work / "cog.tif", work / "final.tif")
+            os.replace(work / "final.tif", output_path)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"output": output_path, "tiles": len(boxes), "seconds": seconds, "tiles_per_s": len(boxes) / seconds}
+
+
+def _sample_sr(stage: Path, model: ExportedModel) -> np.ndarray:
+    """About a million SR values per band (every n-th valid pixel), in the input's units."""
+    parts = []
+    with rasterio.open(stage) as src:
+        step = max(1, src.width * src.height // 1_000_000)
+        for _, window in src.block_windows(1):
+            data = src.read(window=window)
+            data = np.asarray(model.normalization.denormalize(data))
+            ok = np.isfinite(data).all(0)
+            parts.append(data[:, ok][:, ::step])
+    return np.concatenate(parts, axis=1)
+
+
+def _finalise(stage: Path, target: Path, profile: dict, model: ExportedModel, maps: list | None) -> None:
+    """Float SR in network units -> the input's units and data type, nodata restored, window by window."""
+    nodata = profile["nodata"]
+    with rasterio.open(stage) as src, rasterio.open(target, "w", **profile) as dst:
+        for _, window in src.block_windows(1):
+            data = src.read(window=window)
+            missing = ~np.isfinite(data).all(0)
+            values = np.asarray(model.normalization.denormalize(np.nan_to_num(data)))
+            if maps is not None:
+                values = np.stack([np.interp(v, sq, lq) for v, (sq, lq) in zip(values, maps)])
+            out = to_dtype(values, profile["dtype"])
+            if nodata is not None:
+                out[:, missing] = nodata
+            dst.write(out, window=window)
+        dst.descriptions = tuple(model.band_names)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    out = super_resolve_file(
-        cfg.model,
+    result = super_resolve_file(
+        resolve_model(cfg.model, cfg.get("tracking_uri")),
         cfg.input,
         cfg.output,
         list(cfg.bands) if cfg.bands else None,
@@ -70,8 +221,15 @@ def main(cfg: DictConfig) -> None:
         cfg.batch_size,
         cfg.device,
         cfg.overwrite,
+        cfg.bf16,
+        cfg.cog,
+        cfg.histogram_match,
+        cfg.progress,
     )
-    print(f"super-resolved {cfg.input} -> {out}")
+    print(
+        f"super-resolved {cfg.input} -> {result['output']} "
+        f"({result['tiles']} tiles in {result['seconds']:.1f} s, {result['tiles_per_s']:.1f} tiles/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,35 +1,88 @@
-"""Tiled super-resolution of images larger than memory allows in one pass, without seams.
+"""Tiled super-resolution without seams, in memory or streamed through a GeoTIFF.
 
-Tiles overlap by ``overlap`` LR pixels; each SR tile is weighted by a window that ramps linearly
-from near 0 at the tile's edge to 1 at ``overlap`` pixels inside, and the weighted sum is divided
-by the summed weights. Pixels near a tile edge (where zero padding makes convolutions wrong) thus
-contribute little wherever another tile covers them, and the blend has no visible seam.
+Tiles overlap by ``overlap`` LR pixels on a grid fixed by the image size. Each SR tile is weighted
+by a window that is exactly 0 within ``margin`` pixels of an edge it shares with another tile,
+rises with a raised cosine, and is 1 in the interior; edges on the image border keep weight 1
+(nothing else covers them). Pixels near a tile edge, where zero padding makes convolutions wrong,
+therefore never reach the output wherever another tile covers them: with ``margin`` at least the
+generator's receptive-field radius the blend equals the untiled result, and there is no seam.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 
-def _origins(size: int, tile: int, stride: int) -> list[int]:
+def tile_origins(size: int, tile: int, overlap: int) -> list[int]:
+    """Start positions of tiles of ``tile`` px covering ``size`` px with at least ``overlap`` px shared."""
     if size <= tile:
         return [0]
-    starts = list(range(0, size - tile, stride))
+    starts = list(range(0, size - tile, tile - overlap))
     return starts + [size - tile]
 
 
-def blend_window(height: int, width: int, ramp: int) -> torch.Tensor:
-    """``(height, width)`` weights: linear ramp over ``ramp`` pixels at every edge, 1 inside, > 0 everywhere."""
+def _axis_weights(n: int, margin: int, ramp: int, taper_start: bool, taper_end: bool) -> torch.Tensor:
+    pos = torch.arange(n, dtype=torch.float32)
 
-    def axis(n: int) -> torch.Tensor:
-        pos = torch.arange(n, dtype=torch.float32)
-        dist = torch.minimum(pos, n - 1 - pos) + 0.5
-        return (dist / max(ramp, 1)).clamp(max=1.0)
+    def side(dist: torch.Tensor) -> torch.Tensor:
+        t = ((dist + 0.5 - margin) / max(ramp, 1)).clamp(0.0, 1.0)
+        return 0.5 - 0.5 * torch.cos(math.pi * t)
 
-    return axis(height)[:, None] * axis(width)[None, :]
+    w = torch.ones(n)
+    if taper_start:
+        w = w * side(pos)
+    if taper_end:
+        w = w * side(n - 1 - pos)
+    return w
+
+
+def blend_window(
+    height: int, width: int, overlap: int, edges: tuple[bool, bool, bool, bool] = (True, True, True, True)
+) -> torch.Tensor:
+    """``(height, width)`` weights for one tile; ``overlap`` in the same pixels; ``edges`` = which of the
+    top, bottom, left, right edges are shared with another tile (tapered)."""
+    if overlap == 0:
+        return torch.ones(height, width)
+    margin = overlap // 3
+    ramp = max(overlap - 2 * margin, 1)
+    top, bottom, left, right = edges
+    return _axis_weights(height, margin, ramp, top, bottom)[:, None] * _axis_weights(width, margin, ramp, left, right)
+
+
+def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """``(row, col, rows, cols)`` of every LR tile, row by row."""
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile), got overlap={overlap}, tile={tile}")
+    th, tw = min(tile, height), min(tile, width)
+    return [(r, c, th, tw) for r in tile_origins(height, th, overlap) for c in tile_origins(width, tw, overlap)]
+
+
+def _edges(box: tuple[int, int, int, int], height: int, width: int) -> tuple[bool, bool, bool, bool]:
+    r, c, h, w = box
+    return r > 0, r + h < height, c > 0, c + w < width
+
+
+def run_tiles(
+    model: nn.Module,
+    read: Callable[[tuple[int, int, int, int]], torch.Tensor],
+    boxes: list[tuple[int, int, int, int]],
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+) -> Iterator[tuple[tuple[int, int, int, int], torch.Tensor]]:
+    """Model outputs (fp32) for the tiles in ``boxes``, in order, ``batch_size`` at a time."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    for start in range(0, len(boxes), batch_size):
+        chunk = boxes[start : start + batch_size]
+        batch = torch.stack([read(box) for box in chunk]).to(device)
+        with torch.no_grad(), autocast:
+            out = model(batch).float()
+        yield from zip(chunk, out)
 
 
 @torch.no_grad()
@@ -43,27 +96,22 @@ def tiled_super_resolve(
     device: str | torch.device = "cpu",
     bf16: bool = False,
 ) -> torch.Tensor:
-    """Super-resolve ``lr`` of shape ``(bands, H, W)`` tile by tile; returns ``(bands, H*scale, W*scale)`` in fp32."""
+    """Super-resolve ``lr`` of shape ``(bands, H, W)`` in memory, tile by tile; ``(bands, H*s, W*s)`` fp32."""
     if lr.dim() != 3:
         raise ValueError(f"expected (bands, H, W), got shape {tuple(lr.shape)}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile), got overlap={overlap}, tile={tile}")
+    device = torch.device(device)
     bands, height, width = lr.shape
-    th, tw = min(tile, height), min(tile, width)
-    boxes = [(r, c) for r in _origins(height, th, th - overlap) for c in _origins(width, tw, tw - overlap)]
-    window = blend_window(th * scale, tw * scale, overlap * scale).to(device)
+    boxes = tile_boxes(height, width, tile, overlap)
     out = torch.zeros(bands, height * scale, width * scale, device=device)
     weight = torch.zeros(1, height * scale, width * scale, device=device)
-    lr = lr.to(device)
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    for start in range(0, len(boxes), batch_size):
-        chunk = boxes[start : start + batch_size]
-        batch = torch.stack([lr[:, r : r + th, c : c + tw] for r, c in chunk])
-        with autocast:
-            sr = model(batch)
-        sr = sr.float()
-        for (r, c), tile_sr in zip(chunk, sr):
-            rs, cs = r * scale, c * scale
-            out[:, rs : rs + th * scale, cs : cs + tw * scale] += tile_sr * window
-            weight[:, rs : rs + th * scale, cs : cs + tw * scale] += window
+
+    def read(box):
+        r, c, h, w = box
+        return lr[:, r : r + h, c : c + w]
+
+    for box, sr in run_tiles(model, read, boxes, batch_size, device, bf16):
+        r, c, h, w = (v * scale for v in box)
+        window = blend_window(h, w, overlap * scale, _edges(box, height, width)).to(device)
+        out[:, r : r + h, c : c + w] += sr * window
+        weight[:, r : r + h, c : c + w] += window
     return out / weight
