@@ -31,7 +31,7 @@ demo: install weights
 	$(PY) -m srgan.infer model=$(RUN) input=$(RUN)/test_lr.tif output=$(RUN)/test_sr.tif
 	@echo
 	@echo "Demo finished. Results in $(RUN):"
-	@echo "  metrics.json            SR vs bicubic / nearest on the held-out test area"
+	@echo "  eval.json, eval.png     SR vs bicubic / nearest on the held-out test area"
 	@echo "  test_lr.tif -> test_sr.tif   super-resolved GeoTIFF (compare with test_hr.tif)"
 	@echo "  model/                  exported EMA generator (safetensors + config.yaml)"
 	@echo "Open the MLflow UI with:  make mlflow-ui   (then http://127.0.0.1:$(PORT))"

@@ -54,15 +54,40 @@ def test_eval_cli_writes_metrics_and_logs_them_to_the_run(trained_run):
     tmp, uri = trained_run
     out = run("srgan.evaluate", f"model={tmp}/run", f"tracking.uri={uri}")
     assert "bicubic" in out.stdout and "SR-bicubic" in out.stdout
-    report = json.loads((tmp / "run" / "metrics.json").read_text())
+    report = json.loads((tmp / "run" / "eval.json").read_text())
     assert set(report["results"]) == {"sr", "bicubic", "nearest"}
     for method in report["results"].values():
         assert {"psnr", "ssim", "sam_deg", "psnr_B04", "psnr_B08"} <= set(method)
         assert math.isfinite(method["psnr"]) and 20 < method["psnr"] < 60
     # The nearest-neighbour baseline is worse than bicubic on real imagery.
     assert report["results"]["nearest"]["psnr"] < report["results"]["bicubic"]["psnr"]
-    (run_info,) = MlflowClient(uri).search_runs(MlflowClient(uri).get_experiment_by_name("demo").experiment_id)
-    assert "test/sr/psnr" in run_info.data.metrics
+    bands = ["B04", "B03", "B02", "B08"]
+    sr = report["results"]["sr"]
+    expected = {"lpips", "ergas", "synthesis_l1", "synthesis_ratio", "improvement", "omission", "hallucination"}
+    expected |= {"consistency_reflectance_l1", "consistency_spectral_sam_deg", "consistency_spatial_shift_px"}
+    expected |= {f"{m}_{b}" for m in ("ssim", "lpips", "ergas") for b in bands}
+    assert expected <= set(sr)
+    assert sr["improvement"] + sr["omission"] + sr["hallucination"] == pytest.approx(1.0)
+    assert report["results"]["bicubic"]["synthesis_l1"] < 1e-6  # bicubic adds nothing over bicubic
+    assert (tmp / "run" / "eval.png").stat().st_size > 10_000
+    client = MlflowClient(uri)
+    (run_info,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
+    assert "test/sr/psnr" in run_info.data.metrics and "test/sr/lpips_B08" in run_info.data.metrics
+    logged = {f.path for f in client.list_artifacts(run_info.info.run_id, "evaluation")}
+    assert {"evaluation/eval.json", "evaluation/eval.png"} <= logged
+    assert run_info.info.status == "FINISHED"  # the training run keeps its status
+    # The same model through its MLflow URI, without a local path.
+    out = run(
+        "srgan.evaluate",
+        f"model=runs:/{run_info.info.run_id}/model",
+        f"tracking.uri={uri}",
+        f"output={tmp}/by_uri.json",
+        "figure=false",
+        "lpips=null",
+        "log_to_mlflow=false",
+    )
+    by_uri = json.loads((tmp / "by_uri.json").read_text())
+    assert by_uri["results"]["sr"]["psnr"] == pytest.approx(sr["psnr"], abs=1e-9)
 
 
 def test_degrade_then_infer_keeps_georeference_units_and_dtype(trained_run):

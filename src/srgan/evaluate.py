@@ -1,30 +1,44 @@
-"""``srgan-eval``: metrics of a trained model against bicubic and nearest upsampling on held-out data.
+"""``srgan-eval``: a trained model against bicubic and nearest upsampling on held-out data.
 
-srgan-eval model=outputs/demo/<run>            # a run folder or its model/ folder
+srgan-eval model=outputs/demo/<run>            # a run folder, its model/ folder, or runs:/<id>/model
 srgan-eval model=<run> dataset=raster dataset.path=scene.tif 'dataset.bands=[B04,B03,B02,B08]'
+
+Every value is computed in the data's physical units (reflectance for Sentinel-2, DN / 255 for
+8-bit imagery; see :func:`physical_units`), after cropping ``border`` HR pixels: PSNR (pooled over
+the area, and per band), SSIM (mean and per band), LPIPS (per band as grey images, and their mean;
+real ImageNet weights), spectral angle, ERGAS (and each band's term), and the opensr-test measures
+of :mod:`srgan.fidelity`. The table is printed, written to ``eval.json`` with a figure
+(``eval.png``: example tiles LR | bicubic | SR | HR | error, and per-band bars), and logged to the
+model's training run in MLflow when the tracking store has it (else to a new run).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from srgan.config import CONF_DIR
+from srgan.data.normalization import LinearScale
 from srgan.devices import pick_device
 from srgan.engine.checkpoint import ExportedModel, load_model
+from srgan.fidelity import clean_degradation, consistency, correctness, ergas, synthesis
+from srgan.infer import resolve_model
 from srgan.metrics import SRMetrics
 from srgan.models.blocks import upsample_image
 from srgan.tiling import tiled_super_resolve
 from srgan.tracking import MlflowTracker
 
 BASELINES = ("bicubic", "nearest")
+METHODS = ("sr", *BASELINES)
 
 
 def check_compatible(model: ExportedModel, data: Any) -> None:
@@ -37,54 +51,203 @@ def check_compatible(model: ExportedModel, data: Any) -> None:
         )
 
 
+def physical_units(normalization: Any, dtype: str) -> LinearScale:
+    """The map from stored values to physical units: the dataset's own linear scale (reflectance,
+    DN / 255), or for statistical normalisations the convention of the data type."""
+    if isinstance(normalization, LinearScale):
+        return normalization
+    return LinearScale(255.0) if dtype == "uint8" else LinearScale(10000.0)
+
+
+class _Lpips:
+    """LPIPS per band (each band as a grey image, like the loss without ``rgb_bands``) on 256 px tiles."""
+
+    def __init__(self, net: str, device: torch.device) -> None:
+        from srgan.losses.perceptual import LPIPSLoss
+
+        self.loss = LPIPSLoss(num_bands=1, net=net)
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> list[float]:
+        size = 256
+        h, w = pred.shape[-2:]
+        values = []
+        for b in range(pred.shape[0]):
+            parts, weights = [], []
+            for r in range(0, h, size):
+                for c in range(0, w, size):
+                    p = pred[b : b + 1, r : r + size, c : c + size][None].to(self.device)
+                    t = target[b : b + 1, r : r + size, c : c + size][None].to(self.device)
+                    if min(p.shape[-2:]) < 32:  # AlexNet's pooling needs some extent
+                        continue
+                    parts.append(float(self.loss(p.clamp(0, 1), t.clamp(0, 1))))
+                    weights.append(p.shape[-2] * p.shape[-1])
+            values.append(float(np.average(parts, weights=weights)) if parts else math.nan)
+        return values
+
+
 def evaluate_regions(
     model: ExportedModel,
     regions: list[tuple[torch.Tensor, torch.Tensor]],
-    band_names: list[str],
+    data: Any,
     border: int,
     tile: int,
     overlap: int,
     batch_size: int,
     device: torch.device,
-) -> dict[str, dict[str, float]]:
-    """Metrics of the model and of each baseline over LR/HR pairs of normalised tensors, pooled."""
-    methods = ("sr", *BASELINES)
-    metrics = {name: SRMetrics(band_names, border).to(device) for name in methods}
-    for lr, hr in regions:
+    lpips_net: str | None = "alex",
+) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
+    """Metrics of the model and of each baseline over normalised LR/HR pairs; also the first
+    region's predictions in physical units (for figures)."""
+    phys = physical_units(data.normalization, data.dtype)
+
+    def to_physical(x: torch.Tensor) -> torch.Tensor:
+        return phys.normalize(data.normalization.denormalize(x.float().cpu()))
+
+    names = data.band_names
+    pooled = {m: SRMetrics(names, border, per_band_ssim=True) for m in METHODS}
+    weighted: dict[str, dict[str, list[tuple[float, float]]]] = {m: defaultdict(list) for m in METHODS}
+    lpips = _Lpips(lpips_net, device) if lpips_net else None
+    degrade = clean_degradation(getattr(data, "degradation", model.scale))
+    first: dict[str, torch.Tensor] = {}
+    for lr_n, hr_n in regions:
+        lr_b = lr_n[None].to(device)
         predictions = {
-            "sr": tiled_super_resolve(model.generator.to(device), lr, model.scale, tile, overlap, batch_size, device),
-            "bicubic": upsample_image(lr[None].to(device), model.scale, "bicubic")[0],
-            "nearest": torch.nn.functional.interpolate(lr[None].to(device), scale_factor=model.scale, mode="nearest")[
-                0
-            ],
+            "sr": tiled_super_resolve(model.generator.to(device), lr_n, model.scale, tile, overlap, batch_size, device),
+            "bicubic": upsample_image(lr_b, model.scale, "bicubic")[0],
+            "nearest": torch.nn.functional.interpolate(lr_b, scale_factor=model.scale, mode="nearest")[0],
         }
-        for name, pred in predictions.items():
-            metrics[name].update(pred[None], hr[None].to(device))
-    return {name: metrics[name].compute() for name in methods}
+        lr, hr = to_physical(lr_n), to_physical(hr_n)
+        pixels = float(hr.shape[-2] * hr.shape[-1])
+        for method, pred_n in predictions.items():
+            pred = to_physical(pred_n)
+            pooled[method].update(pred[None], hr[None])
+            crop = (slice(None), slice(border, hr.shape[-2] - border), slice(border, hr.shape[-1] - border))
+            values: dict[str, float] = {}
+            total, per_band = ergas(pred[crop], hr[crop], model.scale)
+            values["ergas"] = total
+            values.update({f"ergas_{n}": v for n, v in zip(names, per_band)})
+            if lpips is not None:
+                per_band = lpips(pred[crop], hr[crop])
+                values["lpips"] = float(np.mean(per_band))
+                values.update({f"lpips_{n}": v for n, v in zip(names, per_band)})
+            values.update(consistency(pred, lr, degrade, border))
+            values.update(synthesis(pred, lr, hr, model.scale, border))
+            shares = correctness(pred, lr, hr, model.scale, border)
+            counted = float(shares.pop("correctness_pixels"))
+            for key, value in values.items():
+                weighted[method][key].append((value, pixels))
+            for key, value in shares.items():
+                weighted[method][key].append((value, counted))
+            if not first:
+                first = {"lr": lr, "hr": hr}
+            first.setdefault(method, pred)
+    results = {}
+    for method in METHODS:
+        out = pooled[method].compute()
+        for key, pairs in weighted[method].items():
+            finite = [(v, w) for v, w in pairs if math.isfinite(v) and w > 0]
+            out[key] = float(np.average([v for v, _ in finite], weights=[w for _, w in finite])) if finite else math.nan
+        results[method] = out
+    return results, first
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A plain-text table: one row per metric, one column per method, and the gain over bicubic."""
     columns = list(results)
-    rows = list(results["sr"])
-    head = f"{'metric':<16}" + "".join(f"{c:>12}" for c in columns) + f"{'SR-bicubic':>12}"
+    head = f"{'metric':<34}" + "".join(f"{c:>12}" for c in columns) + f"{'SR-bicubic':>12}"
     lines = [head, "-" * len(head)]
-    for row in rows:
+    for row in results["sr"]:
         values = "".join(f"{results[c][row]:>12.4f}" for c in columns)
         gain = results["sr"][row] - results["bicubic"][row]
-        lines.append(f"{row:<16}{values}{gain:>+12.4f}")
+        lines.append(f"{row:<34}{values}{gain:>+12.4f}")
     return "\n".join(lines)
+
+
+def figure(first: dict[str, torch.Tensor], results: dict, rgb: list[int], bands: list[str], path: Path) -> Path:
+    """Example tiles (LR | bicubic | SR | HR | |SR - HR|) and per-band PSNR / SSIM bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hr = first["hr"]
+    size = min(128, hr.shape[-2], hr.shape[-1])
+    # The three tiles with the most HR detail (where SR matters).
+    detail = torch.nn.functional.avg_pool2d((hr - first["bicubic"]).abs().mean(0)[None, None], size, size)[0, 0]
+    order = torch.argsort(detail.flatten(), descending=True)[:3].tolist()
+    spots = [(i // detail.shape[1] * size, i % detail.shape[1] * size) for i in order]
+    lo, hi = np.percentile(hr[rgb].numpy(), [1, 99])
+
+    def show(x: torch.Tensor) -> np.ndarray:
+        return np.clip((x[rgb].permute(1, 2, 0).numpy() - lo) / max(hi - lo, 1e-6), 0, 1)
+
+    scale = hr.shape[-1] // first["lr"].shape[-1]
+    columns = ["LR", "bicubic", "SR", "HR", "|SR - HR|"]
+    fig, axes = plt.subplots(len(spots) + 1, 5, figsize=(15, 3 * len(spots) + 3.5), squeeze=False)
+    for row, (r, c) in enumerate(spots):
+        lr_tile = first["lr"][:, r // scale : (r + size) // scale, c // scale : (c + size) // scale]
+        tiles = [
+            torch.nn.functional.interpolate(lr_tile[None], scale_factor=scale, mode="nearest")[0],
+            first["bicubic"][:, r : r + size, c : c + size],
+            first["sr"][:, r : r + size, c : c + size],
+            hr[:, r : r + size, c : c + size],
+        ]
+        for col, t in enumerate(tiles):
+            axes[row, col].imshow(show(t))
+        err = (tiles[2] - tiles[3]).abs().mean(0).numpy()
+        axes[row, 4].imshow(err, cmap="magma", vmin=0, vmax=max(float(np.percentile(err, 99)), 1e-6))
+        for col, name in enumerate(columns):
+            axes[row, col].set_title(name if row == 0 else "")
+            axes[row, col].axis("off")
+    for ax in axes[-1]:
+        ax.axis("off")
+    bars = fig.add_subplot(len(spots) + 1, 2, 2 * len(spots) + 1)
+    ssim = fig.add_subplot(len(spots) + 1, 2, 2 * len(spots) + 2)
+    x = np.arange(len(bands))
+    for k, method in enumerate(METHODS):
+        bars.bar(x + (k - 1) * 0.27, [results[method][f"psnr_{b}"] for b in bands], 0.27, label=method)
+        ssim.bar(x + (k - 1) * 0.27, [results[method][f"ssim_{b}"] for b in bands], 0.27, label=method)
+    for ax, name in ((bars, "PSNR dB"), (ssim, "SSIM")):
+        ax.set_xticks(x, bands)
+        ax.set_ylabel(name)
+        ax.legend(fontsize=8)
+    lows = [min(results[m][f"psnr_{b}"] for m in METHODS) for b in bands]
+    bars.set_ylim(min(lows) - 2, None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def default_output(model_dir: Path) -> Path:
     run_dir = model_dir.parent
-    return (run_dir if (run_dir / "resolved_config.yaml").is_file() else model_dir) / "metrics.json"
+    return (run_dir if (run_dir / "resolved_config.yaml").is_file() else model_dir) / "eval.json"
+
+
+def _log_to_mlflow(cfg: DictConfig, model: ExportedModel, results: dict, files: list[Path]) -> None:
+    source = model.config.get("source", {})
+    tracker = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment_name, run_name=f"eval-{model.directory.name}")
+    attached = bool(source.get("mlflow_run_id")) and tracker.attach(source["mlflow_run_id"])
+    run_id = (
+        source["mlflow_run_id"]
+        if attached
+        else tracker.start({"model": str(model.directory), "dataset": cfg.dataset.name, "split": cfg.split})
+    )
+    finite = {f"{cfg.split}/{m}/{k}": v for m, r in results.items() for k, v in r.items() if math.isfinite(v)}
+    tracker.log_metrics(finite, step=int(source.get("step") or 0))
+    for file in files:
+        tracker.log_artifact(file, "evaluation")
+    # A training run keeps its own status; a run made for this evaluation is finished here.
+    tracker.finish(status=None if attached else "FINISHED")
+    print(f"logged to MLflow run {run_id} ({tracker.uri}){'' if attached else ' (a new evaluation run)'}")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     device = pick_device(cfg.device)
-    model = load_model(cfg.model)
+    model = load_model(resolve_model(cfg.model, cfg.tracking.uri))
     data = instantiate(cfg.dataset, _convert_="all")
     check_compatible(model, data)
     # The model sees data normalised as in its training (e.g. its z-score statistics), whatever
@@ -95,20 +258,21 @@ def main(cfg: DictConfig) -> None:
             data.lr_normalization = model.normalization
         data.normalization = model.normalization
     regions = data.regions(cfg.split)
-    results = evaluate_regions(
+    results, first = evaluate_regions(
         model,
         [(r.lr, r.hr) for r in regions],
-        data.band_names,
+        data,
         cfg.border,
         cfg.tile,
         cfg.overlap,
         cfg.batch_size,
         device,
+        cfg.lpips,
     )
     size = " + ".join(f"{r.hr.shape[-2]}x{r.hr.shape[-1]}" for r in regions)
     print(
-        f"\n{data.name} / {cfg.split} area ({size} HR px, x{data.scale}, "
-        f"border {cfg.border} px); PSNR pooled over bands on normalised values, SAM in degrees\n"
+        f"\n{data.name} / {cfg.split} area ({size} HR px, x{data.scale}, border {cfg.border} px); "
+        f"values in {physical_units(data.normalization, data.dtype)!r} units, PSNR pooled, SAM in degrees\n"
     )
     print(format_table(results))
     output = Path(cfg.output) if cfg.output else default_output(model.directory)
@@ -125,18 +289,12 @@ def main(cfg: DictConfig) -> None:
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
-    print(f"\nwritten to {output}")
-    run_id = model.config.get("source", {}).get("mlflow_run_id")
-    if cfg.log_to_mlflow and run_id:
-        tracker = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment_name)
-        if tracker.attach(run_id):
-            finite = {f"{cfg.split}/{m}/{k}": v for m, r in results.items() for k, v in r.items() if math.isfinite(v)}
-            tracker.log_metrics(finite, step=int(model.config["source"].get("step") or 0))
-            tracker.log_artifact(output, "evaluation")
-            tracker.finish(status=None)
-            print(f"logged to MLflow run {run_id} ({tracker.uri})")
-        else:
-            print(f"not logged to MLflow: run {run_id} is not in {tracker.uri}")
+    files = [output]
+    if cfg.figure:
+        files.append(figure(first, results, data.rgb_indices, data.band_names, output.with_suffix(".png")))
+    print(f"\nwritten to {', '.join(str(f) for f in files)}")
+    if cfg.log_to_mlflow:
+        _log_to_mlflow(cfg, model, results, files)
 
 
 if __name__ == "__main__":

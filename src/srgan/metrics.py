@@ -19,13 +19,18 @@ from torchmetrics.image import PeakSignalNoiseRatio, SpectralAngleMapper, Struct
 class SRMetrics(nn.Module):
     """PSNR (pooled and per band), SSIM and spectral angle (degrees) of predictions against HR."""
 
-    def __init__(self, band_names: Sequence[str], border: int = 4, data_range: float = 1.0) -> None:
+    def __init__(
+        self, band_names: Sequence[str], border: int = 4, data_range: float = 1.0, per_band_ssim: bool = False
+    ) -> None:
         super().__init__()
         self.band_names = list(band_names)
         self.border = border
         self.psnr = PeakSignalNoiseRatio(data_range=data_range)
         self.band_psnr = nn.ModuleList(PeakSignalNoiseRatio(data_range=data_range) for _ in self.band_names)
         self.ssim = StructuralSimilarityIndexMeasure(data_range=data_range)
+        self.band_ssim = nn.ModuleList(
+            StructuralSimilarityIndexMeasure(data_range=data_range) for _ in (self.band_names if per_band_ssim else [])
+        )
         self.sam = SpectralAngleMapper() if len(self.band_names) > 1 else None
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,6 +48,8 @@ class SRMetrics(nn.Module):
         for i, metric in enumerate(self.band_psnr):
             metric.update(pred[:, i : i + 1], target[:, i : i + 1])
         self.ssim.update(pred, target)
+        for i, metric in enumerate(self.band_ssim):
+            metric.update(pred[:, i : i + 1], target[:, i : i + 1])
         if self.sam is not None:
             self.sam.update(pred, target)
 
@@ -52,8 +59,10 @@ class SRMetrics(nn.Module):
             out["sam_deg"] = math.degrees(float(self.sam.compute()))
         for name, metric in zip(self.band_names, self.band_psnr):
             out[f"psnr_{name}"] = float(metric.compute())
+        for name, metric in zip(self.band_names, self.band_ssim):
+            out[f"ssim_{name}"] = float(metric.compute())
         return out
 
     def reset(self) -> None:
-        for metric in [self.psnr, self.ssim, *self.band_psnr] + ([self.sam] if self.sam is not None else []):
+        for metric in [self.psnr, self.ssim, *self.band_psnr, *self.band_ssim] + ([self.sam] if self.sam else []):
             metric.reset()

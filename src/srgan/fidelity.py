@@ -1,0 +1,137 @@
+"""Measures of what a super-resolution model did to the LR image, after the opensr-test benchmark.
+
+Definitions follow Aybar et al., "A Comprehensive Benchmark for Optical Remote Sensing Image
+Super-Resolution", IEEE GRSL 21, 2024, and the `opensr-test` package (>= 0.2) that implements it:
+
+- **consistency**: the SR image degraded back to the LR grid (with the dataset's degradation, noise
+  and random misregistration left out) against the LR input: ``reflectance`` error (mean absolute
+  difference), ``spectral`` error (spectral angle, degrees) and ``spatial`` error (the sub-pixel
+  shift between the two found by phase correlation, in LR pixels; opensr-test matches keypoints
+  with LightGlue instead, which needs downloaded weights).
+- **synthesis**: the high-frequency detail the model added, mean ``|SR - bicubic(LR)|``, and the
+  same relative to the detail that HR has over bicubic (``synthesis_ratio``: 0 adds nothing, 1 adds
+  as much as there really is).
+- **correctness**: per pixel, with ``d_ref = |bicubic(LR) - HR|``, ``d_im = |SR - HR| / d_ref`` and
+  ``d_om = |SR - bicubic(LR)| / d_ref`` (L1 over bands), the scores
+  ``improvement = d_im + d_om (1 - exp(-l_im H))``, ``omission = d_om + d_im (1 - exp(-l_om H))`` with
+  ``H = d_im + d_om - 1``, and ``hallucination = exp(-l_ha d_im d_om)``; each pixel is classified by
+  its lowest score and the shares are reported. ``l_im = l_om = 0.8``, ``l_ha = 0.4`` (opensr-test's
+  defaults). Only pixels where HR differs from bicubic by at least ``min_reference`` count
+  (elsewhere there is nothing to improve; opensr-test masks low-gradient pixels for the same reason).
+
+All inputs are ``(bands, H, W)`` tensors in physical units (e.g. reflectance); ``border`` HR pixels
+are ignored at each edge.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from srgan.models.blocks import upsample_image
+
+
+def _crop(x: torch.Tensor, border: int) -> torch.Tensor:
+    return x[..., border : x.shape[-2] - border, border : x.shape[-1] - border] if border else x
+
+
+def spectral_angle_deg(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> float:
+    """Mean per-pixel angle between the band vectors of ``a`` and ``b`` (degrees)."""
+    cos = (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0)).clamp_min(eps)
+    return math.degrees(float(torch.arccos(cos.clamp(-1.0, 1.0)).mean()))
+
+
+def phase_correlation_shift(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """``(dy, dx)`` in pixels that best aligns ``b`` to ``a`` (band-averaged cross-power spectrum,
+    peak refined by a parabola through its neighbours)."""
+    fa, fb = torch.fft.fft2(a.double() - a.double().mean()), torch.fft.fft2(b.double() - b.double().mean())
+    cross = (fa * fb.conj()).sum(0)
+    corr = torch.fft.ifft2(cross / cross.abs().clamp_min(1e-12)).real
+    h, w = corr.shape
+    peak = int(torch.argmax(corr))
+    py, px = divmod(peak, w)
+
+    def refine(c_minus: float, c0: float, c_plus: float) -> float:
+        denom = c_minus - 2 * c0 + c_plus
+        return 0.0 if abs(denom) < 1e-12 else 0.5 * (c_minus - c_plus) / denom
+
+    dy = py + refine(float(corr[(py - 1) % h, px]), float(corr[py, px]), float(corr[(py + 1) % h, px]))
+    dx = px + refine(float(corr[py, (px - 1) % w]), float(corr[py, px]), float(corr[py, (px + 1) % w]))
+    return (dy - h if dy > h / 2 else dy), (dx - w if dx > w / 2 else dx)
+
+
+def consistency(sr: torch.Tensor, lr: torch.Tensor, degrade, border: int = 0) -> dict[str, float]:
+    """SR degraded back to the LR grid against LR."""
+    back = degrade(sr)
+    b = border // max(1, sr.shape[-1] // lr.shape[-1])
+    back, lr = _crop(back, b), _crop(lr, b)
+    dy, dx = phase_correlation_shift(lr, back)
+    return {
+        "consistency_reflectance_l1": float((back - lr).abs().mean()),
+        "consistency_spectral_sam_deg": spectral_angle_deg(back, lr) if lr.shape[0] > 1 else 0.0,
+        "consistency_spatial_shift_px": math.hypot(dy, dx),
+    }
+
+
+def synthesis(sr: torch.Tensor, lr: torch.Tensor, hr: torch.Tensor, scale: int, border: int = 0) -> dict[str, float]:
+    up = upsample_image(lr[None], scale, "bicubic")[0]
+    added = _crop((sr - up).abs(), border).mean()
+    present = _crop((hr - up).abs(), border).mean().clamp_min(1e-12)
+    return {"synthesis_l1": float(added), "synthesis_ratio": float(added / present)}
+
+
+def correctness_scores(
+    d_im: torch.Tensor, d_om: torch.Tensor, l_im: float = 0.8, l_om: float = 0.8, l_ha: float = 0.4
+) -> torch.Tensor:
+    """``(3, ...)`` improvement, omission and hallucination scores (lower = closer to that case)."""
+    h = d_im + d_om - 1
+    return torch.stack(
+        [
+            d_im + d_om * (1 - torch.exp(-l_im * h)),
+            d_om + d_im * (1 - torch.exp(-l_om * h)),
+            torch.exp(-l_ha * d_im * d_om),
+        ]
+    )
+
+
+def correctness(
+    sr: torch.Tensor, lr: torch.Tensor, hr: torch.Tensor, scale: int, border: int = 0, min_reference: float = 0.002
+) -> dict[str, float]:
+    """Shares of the counted pixels classified as improvement, omission and hallucination."""
+    up = upsample_image(lr[None], scale, "bicubic")[0]
+    d_ref = _crop((up - hr).abs().mean(0), border)
+    d_im = _crop((sr - hr).abs().mean(0), border) / d_ref.clamp_min(1e-12)
+    d_om = _crop((sr - up).abs().mean(0), border) / d_ref.clamp_min(1e-12)
+    counted = d_ref >= min_reference
+    n = int(counted.sum())
+    if n == 0:
+        return {"improvement": math.nan, "omission": math.nan, "hallucination": math.nan, "correctness_pixels": 0}
+    label = correctness_scores(d_im[counted], d_om[counted]).argmin(0)
+    shares = torch.bincount(label, minlength=3).double() / n
+    return {
+        "improvement": float(shares[0]),
+        "omission": float(shares[1]),
+        "hallucination": float(shares[2]),
+        "correctness_pixels": n,
+    }
+
+
+def ergas(pred: torch.Tensor, target: torch.Tensor, scale: int) -> tuple[float, list[float]]:
+    """ERGAS (Wald 2000): ``100 / scale * sqrt(mean_b (RMSE_b / mean_b)^2)``; also each band's term
+    ``100 / scale * RMSE_b / mean_b``. Inputs ``(bands, H, W)``."""
+    rmse = ((pred.double() - target.double()) ** 2).mean(dim=(-2, -1)).sqrt()
+    rel = rmse / target.double().mean(dim=(-2, -1)).abs().clamp_min(1e-12)
+    return float(100 / scale * rel.pow(2).mean().sqrt()), (100 / scale * rel).tolist()
+
+
+def clean_degradation(degradation):
+    """The dataset's degradation without its random parts (noise, misregistration), for consistency."""
+    from srgan.data.degradation import Degradation, Resample
+
+    if isinstance(degradation, Degradation):
+        return Degradation(degradation.scale, degradation.method, psf=degradation.sigmas)
+    if isinstance(degradation, Resample):
+        return degradation
+    return lambda x: F.avg_pool2d(x[None], degradation)[0]
