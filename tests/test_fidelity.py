@@ -58,3 +58,18 @@ def test_ergas_matches_its_definition():
     total, per_band = ergas(target + 0.05, target, 4)
     assert total == pytest.approx(100 / 4 * 0.1) and per_band == pytest.approx([2.5, 2.5])
     assert ergas(target, target, 4)[0] == 0.0
+
+
+def test_histogram_matching_gives_the_reference_distribution_and_keeps_order():
+    from srgan.fidelity import match_histograms
+
+    g = torch.Generator().manual_seed(4)
+    source = torch.rand(2, 40, 40, generator=g) ** 2
+    reference = 0.3 + 0.1 * torch.randn(2, 10, 10, generator=g)
+    matched = match_histograms(source, reference)
+    for b in range(2):
+        q = torch.tensor([0.1, 0.5, 0.9])
+        torch.testing.assert_close(matched[b].quantile(q), reference[b].quantile(q), atol=0.01, rtol=0)
+    # monotone: the order of the pixels is kept
+    order = source[0].flatten().argsort()
+    assert (matched[0].flatten()[order].diff() >= -1e-6).all()

@@ -30,7 +30,7 @@ from srgan.config import CONF_DIR
 from srgan.data.normalization import LinearScale
 from srgan.devices import pick_device
 from srgan.engine.checkpoint import ExportedModel, load_model
-from srgan.fidelity import clean_degradation, consistency, correctness, ergas, synthesis
+from srgan.fidelity import clean_degradation, consistency, correctness, ergas, match_histograms, synthesis
 from srgan.infer import resolve_model
 from srgan.metrics import SRMetrics
 from srgan.models.blocks import upsample_image
@@ -97,6 +97,7 @@ def evaluate_regions(
     batch_size: int,
     device: torch.device,
     lpips_net: str | None = "alex",
+    histogram_match: bool = False,
 ) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
     """Metrics of the model and of each baseline over normalised LR/HR pairs; also the first
     region's predictions in physical units (for figures)."""
@@ -122,6 +123,8 @@ def evaluate_regions(
         pixels = float(hr.shape[-2] * hr.shape[-1])
         for method, pred_n in predictions.items():
             pred = to_physical(pred_n)
+            if histogram_match and method == "sr":  # as srgan-infer histogram_match=true would write it
+                pred = match_histograms(pred, lr)
             pooled[method].update(pred[None], hr[None])
             crop = (slice(None), slice(border, hr.shape[-2] - border), slice(border, hr.shape[-1] - border))
             values: dict[str, float] = {}
@@ -215,6 +218,7 @@ def figure(first: dict[str, torch.Tensor], results: dict, rgb: list[int], bands:
         ax.legend(fontsize=8)
     lows = [min(results[m][f"psnr_{b}"] for m in METHODS) for b in bands]
     bars.set_ylim(min(lows) - 2, None)
+    ssim.set_ylim(min(min(results[m][f"ssim_{b}"] for m in METHODS) for b in bands) - 0.05, 1.0)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -268,6 +272,7 @@ def main(cfg: DictConfig) -> None:
         cfg.batch_size,
         device,
         cfg.lpips,
+        cfg.histogram_match,
     )
     size = " + ".join(f"{r.hr.shape[-2]}x{r.hr.shape[-1]}" for r in regions)
     print(
@@ -282,6 +287,7 @@ def main(cfg: DictConfig) -> None:
         "path": str(data.path),
         "split": cfg.split,
         "border": cfg.border,
+        "histogram_match": cfg.histogram_match,
         "scale": data.scale,
         "bands": data.band_names,
         "results": results,

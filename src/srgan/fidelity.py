@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -135,3 +136,17 @@ def clean_degradation(degradation):
     if isinstance(degradation, Resample):
         return degradation
     return lambda x: F.avg_pool2d(x[None], degradation)[0]
+
+
+def quantile_maps(source: np.ndarray, reference: np.ndarray, points: int = 1024) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per band, (source quantiles, reference quantiles): ``np.interp(x, *map)`` gives ``x`` the
+    reference band's histogram. Inputs ``(bands, n)`` samples."""
+    q = np.linspace(0, 100, points)
+    return [(np.percentile(s, q), np.percentile(r, q)) for s, r in zip(source, reference)]
+
+
+def match_histograms(source: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``source`` ``(bands, H, W)`` with each band's histogram matched to ``reference``'s band."""
+    maps = quantile_maps(source.flatten(1).numpy(), reference.flatten(1).numpy())
+    out = [np.interp(band.numpy(), sq, rq) for band, (sq, rq) in zip(source, maps)]
+    return torch.from_numpy(np.stack(out).astype(np.float32))

@@ -37,6 +37,7 @@ from srgan.config import CONF_DIR
 from srgan.data.rasters import RasterError, _band_indices, to_dtype
 from srgan.devices import pick_device
 from srgan.engine.checkpoint import ExportedModel, load_model
+from srgan.fidelity import quantile_maps
 from srgan.tiling import _edges, blend_window, run_tiles, tile_boxes
 
 
@@ -50,12 +51,6 @@ def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> 
         target = tempfile.mkdtemp(prefix="srgan-model-")
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=target, tracking_uri=tracking_uri))
     return Path(text)
-
-
-def _histogram_maps(sr_samples: np.ndarray, lr_samples: np.ndarray, points: int = 1024) -> list[tuple]:
-    """Per band (SR quantiles, LR quantiles): the monotone map that gives SR the LR's histogram."""
-    q = np.linspace(0, 100, points)
-    return [(np.percentile(s, q), np.percentile(l_, q)) for s, l_ in zip(sr_samples, lr_samples)]
 
 
 def super_resolve_file(
@@ -168,7 +163,7 @@ def super_resolve_file(
             seconds = time.perf_counter() - started
             maps = None
             if histogram_match:
-                maps = _histogram_maps(_sample_sr(stage, model), np.concatenate(lr_samples, axis=1))
+                maps = quantile_maps(_sample_sr(stage, model), np.concatenate(lr_samples, axis=1))
             _finalise(stage, work / "final.tif", profile, model, maps)
             if cog:
                 rasterio.shutil.copy(work / "final.tif", work / "cog.tif", driver="COG", compress="DEFLATE")
