@@ -162,9 +162,9 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     head = f"{'metric':<34}" + "".join(f"{c:>12}" for c in columns) + f"{'SR-bicubic':>12}"
     lines = [head, "-" * len(head)]
     for row in results["sr"]:
-        values = "".join(f"{results[c][row]:>12.4f}" for c in columns)
+        values = "".join(f"{results[c][row]:>12.5g}" for c in columns)
         gain = results["sr"][row] - results["bicubic"][row]
-        lines.append(f"{row:<34}{values}{gain:>+12.4f}")
+        lines.append(f"{row:<34}{values}{gain:>+12.4g}")
     return "\n".join(lines)
 
 
@@ -219,7 +219,7 @@ def figure(first: dict[str, torch.Tensor], results: dict, rgb: list[int], bands:
     lows = [min(results[m][f"psnr_{b}"] for m in METHODS) for b in bands]
     bars.set_ylim(min(lows) - 2, None)
     ssim.set_ylim(min(min(results[m][f"ssim_{b}"] for m in METHODS) for b in bands) - 0.05, 1.0)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.04, right=0.98, top=0.95, bottom=0.05, hspace=0.3, wspace=0.08)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

@@ -67,8 +67,45 @@ def super_resolve_file(
     cog: bool = False,
     histogram_match: bool = False,
     progress: bool = True,
+    gdal_cache_mb: int = 256,
 ) -> dict[str, Any]:
-    """Stream ``input_path`` through the model into ``output_path``; returns the path and timing."""
+    """Stream ``input_path`` through the model into ``output_path``; returns the path and timing.
+
+    GDAL's block cache (by default 5 % of the RAM) would otherwise hold written blocks and grow
+    with the scene: it is capped at ``gdal_cache_mb``."""
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20):
+        return _super_resolve_file(
+            model_path,
+            input_path,
+            output_path,
+            bands,
+            tile,
+            overlap,
+            batch_size,
+            device,
+            overwrite,
+            bf16,
+            cog,
+            histogram_match,
+            progress,
+        )
+
+
+def _super_resolve_file(
+    model_path,
+    input_path,
+    output_path,
+    bands,
+    tile,
+    overlap,
+    batch_size,
+    device,
+    overwrite,
+    bf16,
+    cog,
+    histogram_match,
+    progress,
+) -> dict[str, Any]:
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
