@@ -74,141 +74,109 @@ def super_resolve_file(
     GDAL's block cache (by default 5 % of the RAM) would otherwise hold written blocks and grow
     with the scene: it is capped at ``gdal_cache_mb``."""
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20):
-        return _super_resolve_file(
-            model_path,
-            input_path,
-            output_path,
-            bands,
-            tile,
-            overlap,
-            batch_size,
-            device,
-            overwrite,
-            bf16,
-            cog,
-            histogram_match,
-            progress,
-        )
-
-
-def _super_resolve_file(
-    model_path,
-    input_path,
-    output_path,
-    bands,
-    tile,
-    overlap,
-    batch_size,
-    device,
-    overwrite,
-    bf16,
-    cog,
-    histogram_match,
-    progress,
-) -> dict[str, Any]:
-    input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.exists() and not overwrite:
-        raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
-    model = model_path if isinstance(model_path, ExportedModel) else load_model(model_path)
-    if not input_path.is_file():
-        raise RasterError(f"{input_path}: no such file")
-    dev = pick_device(device)
-    generator, s = model.generator.to(dev), model.scale
-    with rasterio.open(input_path) as src:
-        indices = _band_indices(input_path, src.descriptions, src.count, list(bands) if bands else model.band_names)
-        if len(indices) != len(model.band_names):
-            raise RasterError(
-                f"{input_path}: {len(indices)} bands selected, the model was trained on {len(model.band_names)} "
-                f"({', '.join(model.band_names)})"
+        input_path, output_path = Path(input_path), Path(output_path)
+        if output_path.exists() and not overwrite:
+            raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
+        model = model_path if isinstance(model_path, ExportedModel) else load_model(model_path)
+        if not input_path.is_file():
+            raise RasterError(f"{input_path}: no such file")
+        dev = pick_device(device)
+        generator, s = model.generator.to(dev), model.scale
+        with rasterio.open(input_path) as src:
+            indices = _band_indices(input_path, src.descriptions, src.count, list(bands) if bands else model.band_names)
+            if len(indices) != len(model.band_names):
+                raise RasterError(
+                    f"{input_path}: {len(indices)} bands selected, the model was trained on {len(model.band_names)} "
+                    f"({', '.join(model.band_names)})"
+                )
+            height, width, dtype, nodata = src.height, src.width, src.dtypes[indices[0] - 1], src.nodata
+            profile = dict(
+                driver="GTiff",
+                width=width * s,
+                height=height * s,
+                count=len(indices),
+                dtype=dtype,
+                crs=src.crs,
+                transform=src.transform @ Affine.scale(1 / s),
+                nodata=nodata,
+                compress="deflate",
+                predictor=3 if np.dtype(dtype).kind == "f" else 2,
+                tiled=True,
+                blockxsize=256,
+                blockysize=256,
+                BIGTIFF="IF_SAFER",
             )
-        height, width, dtype, nodata = src.height, src.width, src.dtypes[indices[0] - 1], src.nodata
-        profile = dict(
-            driver="GTiff",
-            width=width * s,
-            height=height * s,
-            count=len(indices),
-            dtype=dtype,
-            crs=src.crs,
-            transform=src.transform @ Affine.scale(1 / s),
-            nodata=nodata,
-            compress="deflate",
-            predictor=3 if np.dtype(dtype).kind == "f" else 2,
-            tiled=True,
-            blockxsize=256,
-            blockysize=256,
-            BIGTIFF="IF_SAFER",
-        )
-        boxes = tile_boxes(height, width, tile, overlap)
-        rows = sorted({b[0] for b in boxes})
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
-        stage = work / "sr.tif"
-        lr_samples: list[np.ndarray] = []
-        try:
-            started, done = time.perf_counter(), 0
-            bar = tqdm(total=len(boxes), unit="tile", disable=not progress, desc=input_path.name, mininterval=1.0)
-            with rasterio.open(stage, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
-                acc = torch.zeros(len(indices), 0, width * s)
-                wsum = torch.zeros(1, 0, width * s)
-                mask_rows = np.zeros((0, width * s), dtype=bool)
-                base = 0  # first HR row held in the buffers
-                for i, r in enumerate(rows):
-                    th = next(b[2] for b in boxes if b[0] == r)
-                    strip = src.read(indices, window=Window(0, r, width, th)).astype(np.float32)
-                    valid = np.isfinite(strip).all(0)
-                    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-                        valid &= ~(strip == nodata).any(0)
-                    if histogram_match:  # about a million LR values per band, each LR row once
-                        fresh = rows[i + 1] - r if i + 1 < len(rows) else th
-                        values = strip[:, :fresh][:, valid[:fresh]]
-                        lr_samples.append(values[:, :: max(1, height * width // 1_000_000)])
-                    lr = torch.from_numpy(np.asarray(model.normalization.normalize(strip), dtype=np.float32))
-                    lr[:, ~torch.from_numpy(valid)] = 0.0
-                    end = (r + th) * s
-                    grow = end - (base + acc.shape[1])
-                    if grow > 0:
-                        acc = torch.cat([acc, torch.zeros(acc.shape[0], grow, width * s)], 1)
-                        wsum = torch.cat([wsum, torch.zeros(1, grow, width * s)], 1)
-                        mask_rows = np.concatenate([mask_rows, np.zeros((grow, width * s), dtype=bool)])
-                    invalid = np.repeat(np.repeat(~valid, s, 0), s, 1)
-                    mask_rows[r * s - base : end - base] |= invalid
-                    row_boxes = [b for b in boxes if b[0] == r]
+            boxes = tile_boxes(height, width, tile, overlap)
+            rows = sorted({b[0] for b in boxes})
+            output_path.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
+            stage = work / "sr.tif"
+            lr_samples: list[np.ndarray] = []
+            try:
+                started, done = time.perf_counter(), 0
+                bar = tqdm(total=len(boxes), unit="tile", disable=not progress, desc=input_path.name, mininterval=1.0)
+                with rasterio.open(stage, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
+                    acc = torch.zeros(len(indices), 0, width * s)
+                    wsum = torch.zeros(1, 0, width * s)
+                    mask_rows = np.zeros((0, width * s), dtype=bool)
+                    base = 0  # first HR row held in the buffers
+                    for i, r in enumerate(rows):
+                        th = next(b[2] for b in boxes if b[0] == r)
+                        strip = src.read(indices, window=Window(0, r, width, th)).astype(np.float32)
+                        valid = np.isfinite(strip).all(0)
+                        if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+                            valid &= ~(strip == nodata).any(0)
+                        if histogram_match:  # about a million LR values per band, each LR row once
+                            fresh = rows[i + 1] - r if i + 1 < len(rows) else th
+                            values = strip[:, :fresh][:, valid[:fresh]]
+                            lr_samples.append(values[:, :: max(1, height * width // 1_000_000)])
+                        lr = torch.from_numpy(np.asarray(model.normalization.normalize(strip), dtype=np.float32))
+                        lr[:, ~torch.from_numpy(valid)] = 0.0
+                        end = (r + th) * s
+                        grow = end - (base + acc.shape[1])
+                        if grow > 0:
+                            acc = torch.cat([acc, torch.zeros(acc.shape[0], grow, width * s)], 1)
+                            wsum = torch.cat([wsum, torch.zeros(1, grow, width * s)], 1)
+                            mask_rows = np.concatenate([mask_rows, np.zeros((grow, width * s), dtype=bool)])
+                        invalid = np.repeat(np.repeat(~valid, s, 0), s, 1)
+                        mask_rows[r * s - base : end - base] |= invalid
+                        row_boxes = [b for b in boxes if b[0] == r]
 
-                    def read(box, lr=lr, r=r):
-                        _, c, h, w = box
-                        return lr[:, :h, c : c + w]
+                        def read(box, lr=lr, r=r):
+                            _, c, h, w = box
+                            return lr[:, :h, c : c + w]
 
-                    for box, sr in run_tiles(generator, read, row_boxes, batch_size, dev, bf16):
-                        _, c, h, w = box
-                        window = blend_window(h * s, w * s, overlap * s, _edges(box, height, width))
-                        top = r * s - base
-                        acc[:, top : top + h * s, c * s : (c + w) * s] += sr.cpu() * window
-                        wsum[:, top : top + h * s, c * s : (c + w) * s] += window
-                        done += 1
-                        bar.update(1)
-                        bar.set_postfix(tiles_per_s=f"{done / (time.perf_counter() - started):.1f}", refresh=False)
-                    # Rows above the next tile row are final: write and drop them.
-                    final = rows[i + 1] * s if i + 1 < len(rows) else height * s
-                    n = final - base
-                    if n > 0:
-                        out = (acc[:, :n] / wsum[:, :n]).numpy()
-                        out[:, mask_rows[:n]] = np.nan
-                        dst.write(out, window=Window(0, base, width * s, n))
-                        acc, wsum, mask_rows = acc[:, n:], wsum[:, n:], mask_rows[n:]
-                        base = final
-            bar.close()
-            seconds = time.perf_counter() - started
-            maps = None
-            if histogram_match:
-                maps = quantile_maps(_sample_sr(stage, model), np.concatenate(lr_samples, axis=1))
-            _finalise(stage, work / "final.tif", profile, model, maps)
-            if cog:
-                rasterio.shutil.copy(work / "final.tif", work / "cog.tif", driver="COG", compress="DEFLATE")
-                os.replace(work / "cog.tif", work / "final.tif")
-            os.replace(work / "final.tif", output_path)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return {"output": output_path, "tiles": len(boxes), "seconds": seconds, "tiles_per_s": len(boxes) / seconds}
+                        for box, sr in run_tiles(generator, read, row_boxes, batch_size, dev, bf16):
+                            _, c, h, w = box
+                            window = blend_window(h * s, w * s, overlap * s, _edges(box, height, width))
+                            top = r * s - base
+                            acc[:, top : top + h * s, c * s : (c + w) * s] += sr.cpu() * window
+                            wsum[:, top : top + h * s, c * s : (c + w) * s] += window
+                            done += 1
+                            bar.update(1)
+                            bar.set_postfix(tiles_per_s=f"{done / (time.perf_counter() - started):.1f}", refresh=False)
+                        # Rows above the next tile row are final: write and drop them.
+                        final = rows[i + 1] * s if i + 1 < len(rows) else height * s
+                        n = final - base
+                        if n > 0:
+                            out = (acc[:, :n] / wsum[:, :n]).numpy()
+                            out[:, mask_rows[:n]] = np.nan
+                            dst.write(out, window=Window(0, base, width * s, n))
+                            acc, wsum, mask_rows = acc[:, n:], wsum[:, n:], mask_rows[n:]
+                            base = final
+                bar.close()
+                seconds = time.perf_counter() - started
+                maps = None
+                if histogram_match:
+                    maps = quantile_maps(_sample_sr(stage, model), np.concatenate(lr_samples, axis=1))
+                _finalise(stage, work / "final.tif", profile, model, maps)
+                if cog:
+                    rasterio.shutil.copy(work / "final.tif", work / "cog.tif", driver="COG", compress="DEFLATE")
+                    os.replace(work / "cog.tif", work / "final.tif")
+                os.replace(work / "final.tif", output_path)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        return {"output": output_path, "tiles": len(boxes), "seconds": seconds, "tiles_per_s": len(boxes) / seconds}
 
 
 def _sample_sr(stage: Path, model: ExportedModel) -> np.ndarray:
