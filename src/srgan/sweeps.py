@@ -78,5 +78,6 @@ def record_failed_job(config: DictConfig, run_dir: str, overrides: list[str], er
         if existing:
             return
     tags = {**sweep_tags(), "run_dir": run_dir, "overrides": " ".join(overrides), "error": str(error)[:5000]}
-    run = client.create_run(experiment_id, run_name=",".join(overrides) or None, tags=tags)
+    shown = [o for o in overrides if not o.lstrip("+~").startswith(("tracking.", "hydra."))]
+    run = client.create_run(experiment_id, run_name=",".join(shown) or None, tags=tags)
     client.set_terminated(run.info.run_id, "FAILED")

@@ -61,9 +61,10 @@ def _has_accelerator() -> bool:
 
 def _sweep_run_name() -> str | None:
     """In a sweep, a job's run is named after its overrides (e.g. ``loss.weights.adversarial=0.01,...``)."""
-    if sweep_tags() and HydraConfig.initialized():
-        return HydraConfig.get().job.override_dirname or None
-    return None
+    if not (sweep_tags() and HydraConfig.initialized()):
+        return None
+    shown = [o for o in _overrides() if not o.lstrip("+~").startswith(("tracking.", "hydra."))]
+    return ",".join(shown) or None
 
 
 def _overrides() -> list[str]:
