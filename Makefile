@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 RUN := $(or $(RUN),outputs/demo/run-$(shell date +%Y%m%d-%H%M%S))
 PORT ?= 5000
 
-.PHONY: install weights demo train test test-fast lint mlflow-ui clean
+.PHONY: install weights demo train sweep test test-fast lint mlflow-ui clean
 
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ demo: install weights
 # Any training run: make train ARGS="experiment=demo generator.n_blocks=8"
 train: install
 	$(PY) -m srgan.train $(ARGS)
+
+# A Hydra multirun grid from conf/sweep/ (default: adversarial x SAM weights, 4 short jobs), each
+# job one MLflow run nested under the sweep's parent run: make sweep SWEEP=optuna ARGS="..."
+SWEEP ?= loss_weights
+sweep: install weights
+	$(PY) -m srgan.train sweep=$(SWEEP) $(ARGS)
 
 test: install weights
 	$(PY) -m pytest

@@ -40,4 +40,39 @@ def test_sweep_nests_jobs_and_survives_a_failed_one(tmp_path):
     by_status = sorted((c.info.status, c.info.run_name) for c in children)
     assert [s for s, _ in by_status] == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
     assert all("dataset.patch_size=18" in name for s, name in by_status if s == "FAILED")
-    assert {c.data.tags["git_commit"] for c in children} != {""}
+    assert all(c.data.tags["git_commit"] and "dataset.patch_size=" in c.data.tags["overrides"] for c in children)
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert all("multiple of dataset.scale" in c.data.tags["error"] for c in failed)
+
+
+TINY_JOB = [
+    "generator.n_channels=8",
+    "generator.n_blocks=1",
+    "generator.reduction=4",
+    "discriminator.base_channels=8",
+    "discriminator.n_stages=2",
+    "discriminator.head_features=16",
+    "trainer.max_steps=4",
+    "trainer.batch_size=2",
+    "trainer.val_every=2",
+    "trainer.progress=false",
+    "schedule.pretrain_steps=2",
+    "schedule.ramp.steps=1",
+]
+
+
+def test_optuna_search_maximises_validation_psnr_and_tracks_each_trial(tmp_path):
+    import yaml
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    cmd = [sys.executable, "-m", "srgan.train", "sweep=optuna", "hydra.sweeper.n_trials=2", *TINY_JOB]
+    cmd += [f"tracking.uri={uri}", f"tracking.artifact_location={tmp_path}/art", f"hydra.sweep.dir={tmp_path}/opt"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "opt" / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"schedule.optimizer_g.lr", "loss.weights.adversarial"}
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("sweep-optuna").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and all("val/psnr" in r.data.metrics for r in children)
+    assert max(r.data.metrics["val/psnr"] for r in children) == pytest.approx(best["best_value"], abs=1e-6)

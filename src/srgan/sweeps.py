@@ -66,7 +66,9 @@ def sweep_tags() -> dict[str, str]:
     return {"mlflow.parentRunId": parent, "sweep_id": os.environ.get(SWEEP_ENV, "")}
 
 
-def record_failed_job(config: DictConfig, run_dir: str, overrides: list[str], error: BaseException) -> None:
+def record_failed_job(
+    config: DictConfig, run_dir: str, overrides: list[str], error: BaseException, git_commit: str | None = None
+) -> None:
     """Make a job that failed before its MLflow run existed (e.g. a bad value) visible as a FAILED run."""
     client = MlflowClient(tracking_uri=_local_uri(config.tracking.uri))
     experiment = client.get_experiment_by_name(config.tracking.experiment_name)
@@ -77,7 +79,13 @@ def record_failed_job(config: DictConfig, run_dir: str, overrides: list[str], er
         existing = client.search_runs([experiment_id], filter_string=f"tags.run_dir = '{run_dir}'")
         if existing:
             return
-    tags = {**sweep_tags(), "run_dir": run_dir, "overrides": " ".join(overrides), "error": str(error)[:5000]}
+    tags = {
+        **sweep_tags(),
+        "run_dir": run_dir,
+        "overrides": " ".join(overrides),
+        "git_commit": git_commit or "unknown",
+        "error": str(error)[:5000],
+    }
     shown = [o for o in overrides if not o.lstrip("+~").startswith(("tracking.", "hydra."))]
     run = client.create_run(experiment_id, run_name=",".join(shown) or None, tags=tags)
     client.set_terminated(run.info.run_id, "FAILED")

@@ -314,7 +314,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             result = train(cfg, hydra_cfg.runtime.output_dir)
         except Exception as err:
             log.exception("sweep job %s failed; the sweep goes on", hydra_cfg.job.num)
-            record_failed_job(cfg, str(Path(hydra_cfg.runtime.output_dir).resolve()), _overrides(), err)
+            record_failed_job(cfg, str(Path(hydra_cfg.runtime.output_dir).resolve()), _overrides(), err, _git_commit())
             return None
     else:
         result = train(cfg, HydraConfig.get().runtime.output_dir)
