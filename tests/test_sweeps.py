@@ -8,6 +8,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import TINY
+
 pytestmark = pytest.mark.slow
 
 
@@ -45,20 +47,8 @@ def test_sweep_nests_jobs_and_survives_a_failed_one(tmp_path):
     assert all("multiple of dataset.scale" in c.data.tags["error"] for c in failed)
 
 
-TINY_JOB = [
-    "generator.n_channels=8",
-    "generator.n_blocks=1",
-    "generator.reduction=4",
-    "discriminator.base_channels=8",
-    "discriminator.n_stages=2",
-    "discriminator.head_features=16",
-    "trainer.max_steps=4",
-    "trainer.batch_size=2",
-    "trainer.val_every=2",
-    "trainer.progress=false",
-    "schedule.pretrain_steps=2",
-    "schedule.ramp.steps=1",
-]
+# The tiny model and schedule of the other tests; the sweep config picks the experiment.
+TINY_JOB = [o for o in TINY if not o.startswith("experiment=")]
 
 
 def test_optuna_search_maximises_validation_psnr_and_tracks_each_trial(tmp_path):
