@@ -65,5 +65,6 @@ def test_mismatched_shapes_or_bands_are_errors():
 
 
 def test_table_shows_gain_over_bicubic():
-    table = format_table({"sr": {"psnr": 38.0}, "bicubic": {"psnr": 37.5}, "nearest": {"psnr": 36.0}})
-    assert "+0.5000" in table and "bicubic" in table
+    table = format_table({"sr": {"psnr": 38.25}, "bicubic": {"psnr": 37.5}, "nearest": {"psnr": 36.0}})
+    row = next(line for line in table.splitlines() if line.startswith("psnr"))
+    assert row.split() == ["psnr", "38.25", "37.5", "36", "+0.75"] and "SR-bicubic" in table
