@@ -1,6 +1,6 @@
 """Write the notebooks from the cells below (kept as code so that diffs stay readable).
 
-    python notebooks/build.py        # rewrites notebooks/*.ipynb (outputs empty)
+python notebooks/build.py        # rewrites notebooks/*.ipynb (outputs empty)
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ DATA = [
         "import matplotlib.pyplot as plt\n"
         "import numpy as np\n"
         "from hydra import compose, initialize_config_dir\n"
-        "from hydra.utils import instantiate\n"
-        "from srgan.config import CONF_DIR\n\n"
+        "from hydra.utils import instantiate\n\n"
+        "from srgan.config import CONF_DIR\n\n\n"
         "def dataset(*overrides):\n"
         "    with initialize_config_dir(config_dir=str(CONF_DIR), version_base='1.3'):\n"
         "        cfg = compose('train', overrides=list(overrides))\n"
@@ -36,14 +36,19 @@ DATA = [
         "fig, axes = plt.subplots(1, len(data.band_names) + 1, figsize=(16, 4))\n"
         "whole = np.concatenate([data.region(s).hr.numpy() for s in ('train', 'val', 'test')], axis=-1)\n"
         "for ax, name, band in zip(axes, data.band_names, whole):\n"
-        "    ax.imshow(band, cmap='gray', vmax=np.percentile(band, 99)); ax.set_title(name); ax.axis('off')\n"
+        "    ax.imshow(band, cmap='gray', vmax=np.percentile(band, 99))\n"
+        "    ax.set_title(name)\n"
+        "    ax.axis('off')\n"
         "colors = {'train': 'tab:blue', 'val': 'tab:orange', 'test': 'tab:green'}\n"
         "mask = np.zeros(whole.shape[1:] + (3,))\n"
         "start = 0\n"
         "for split in ('train', 'val', 'test'):\n"
         "    width = data.region(split).hr.shape[-1]\n"
-        "    mask[:, start:start + width] = plt.matplotlib.colors.to_rgb(colors[split]); start += width\n"
-        "axes[-1].imshow(mask); axes[-1].set_title('train | val | test (gaps removed)'); axes[-1].axis('off')\n"
+        "    mask[:, start : start + width] = plt.matplotlib.colors.to_rgb(colors[split])\n"
+        "    start += width\n"
+        "axes[-1].imshow(mask)\n"
+        "axes[-1].set_title('train | val | test (gaps removed)')\n"
+        "axes[-1].axis('off')\n"
         "plt.show()"
     ),
     new_markdown_cell("## One HR patch and the LR of each degradation"),
@@ -52,12 +57,17 @@ DATA = [
         "fig, axes = plt.subplots(1, len(options) + 1, figsize=(18, 4))\n"
         "hr = data.train_dataset(4, seed=0, augment=False)[1]['hr']\n"
         "rgb = data.rgb_indices\n"
-        "show = lambda x: np.clip(x[rgb].permute(1, 2, 0).numpy() / np.percentile(hr[rgb].numpy(), 99), 0, 1)\n"
-        "axes[0].imshow(show(hr)); axes[0].set_title('HR (10 m)')\n"
+        "\n\n"
+        "def show(x):\n"
+        "    return np.clip(x[rgb].permute(1, 2, 0).numpy() / np.percentile(hr[rgb].numpy(), 99), 0, 1)\n\n\n"
+        "axes[0].imshow(show(hr))\n"
+        "axes[0].set_title('HR (10 m)')\n"
         "for ax, option in zip(axes[1:], options):\n"
         "    degradation = dataset(f'dataset/degradation={option}').degradation\n"
-        "    ax.imshow(show(degradation(hr, np.random.default_rng(0)))); ax.set_title(f'LR: {option}')\n"
-        "for ax in axes: ax.axis('off')\n"
+        "    ax.imshow(show(degradation(hr, np.random.default_rng(0))))\n"
+        "    ax.set_title(f'LR: {option}')\n"
+        "for ax in axes:\n"
+        "    ax.axis('off')\n"
         "plt.show()"
     ),
 ]
@@ -70,7 +80,8 @@ COMPARE = [
         "`MLFLOW_TRACKING_URI` and `SRGAN_EXPERIMENT` (default: the `make sweep` grid)."
     ),
     new_code_cell(
-        "import os, tempfile\n"
+        "import os\n"
+        "import tempfile\n\n"
         "import matplotlib.pyplot as plt\n"
         "import pandas as pd\n"
         "from mlflow.tracking import MlflowClient\n\n"
@@ -86,7 +97,8 @@ COMPARE = [
         "fig, axes = plt.subplots(1, 3, figsize=(16, 4))\n"
         "for run in runs:\n"
         "    for ax, key in zip(axes, ['train/l1', 'train/d_real_prob', 'train/d_fake_prob']):\n"
-        "        ax.plot(*curve(run, key), label=run.info.run_name); ax.set_title(key)\n"
+        "        ax.plot(*curve(run, key), label=run.info.run_name)\n"
+        "        ax.set_title(key)\n"
         "axes[0].legend(fontsize=7)\n"
         "plt.show()"
     ),
@@ -99,11 +111,13 @@ COMPARE = [
     new_code_cell(
         "fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), squeeze=False)\n"
         "for ax, run in zip(axes[0], runs):\n"
-        "    grids = sorted(f.path for f in client.list_artifacts(run.info.run_id, 'images') if f.path.endswith('.png'))\n"
+        "    listed = client.list_artifacts(run.info.run_id, 'images')\n"
+        "    grids = sorted(f.path for f in listed if f.path.endswith('.png'))\n"
         "    if grids:\n"
         "        local = client.download_artifacts(run.info.run_id, grids[-1], tempfile.mkdtemp())\n"
         "        ax.imshow(plt.imread(local))\n"
-        "    ax.set_title(run.info.run_name, fontsize=8); ax.axis('off')\n"
+        "    ax.set_title(run.info.run_name, fontsize=8)\n"
+        "    ax.axis('off')\n"
         "plt.show()"
     ),
 ]
