@@ -29,7 +29,6 @@ import math
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from srgan.models.blocks import upsample_image
 
@@ -128,14 +127,15 @@ def ergas(pred: torch.Tensor, target: torch.Tensor, scale: int) -> tuple[float, 
 
 
 def clean_degradation(degradation):
-    """The dataset's degradation without its random parts (noise, misregistration), for consistency."""
+    """The dataset's degradation without its random parts (noise, misregistration), for consistency.
+    An integer (a dataset of real pairs has no degradation model) means block means at that scale."""
     from srgan.data.degradation import Degradation, Resample
 
     if isinstance(degradation, Degradation):
         return Degradation(degradation.scale, degradation.method, psf=degradation.sigmas)
     if isinstance(degradation, Resample):
         return degradation
-    return lambda x: F.avg_pool2d(x[None], degradation)[0]
+    return Resample(int(degradation), "box")
 
 
 def quantile_maps(source: np.ndarray, reference: np.ndarray, points: int = 1024) -> list[tuple[np.ndarray, np.ndarray]]:

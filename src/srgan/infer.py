@@ -107,7 +107,10 @@ def super_resolve_file(
                 BIGTIFF="IF_SAFER",
             )
             boxes = tile_boxes(height, width, tile, overlap)
-            rows = sorted({b[0] for b in boxes})
+            by_row: dict[int, list[tuple[int, int, int, int]]] = {}
+            for box in boxes:
+                by_row.setdefault(box[0], []).append(box)
+            rows = sorted(by_row)
             output_path.parent.mkdir(parents=True, exist_ok=True)
             work = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
             stage = work / "sr.tif"
@@ -121,7 +124,7 @@ def super_resolve_file(
                     mask_rows = np.zeros((0, width * s), dtype=bool)
                     base = 0  # first HR row held in the buffers
                     for i, r in enumerate(rows):
-                        th = next(b[2] for b in boxes if b[0] == r)
+                        th = by_row[r][0][2]
                         strip = src.read(indices, window=Window(0, r, width, th)).astype(np.float32)
                         valid = np.isfinite(strip).all(0)
                         if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
@@ -140,13 +143,12 @@ def super_resolve_file(
                             mask_rows = np.concatenate([mask_rows, np.zeros((grow, width * s), dtype=bool)])
                         invalid = np.repeat(np.repeat(~valid, s, 0), s, 1)
                         mask_rows[r * s - base : end - base] |= invalid
-                        row_boxes = [b for b in boxes if b[0] == r]
 
                         def read(box, lr=lr, r=r):
                             _, c, h, w = box
                             return lr[:, :h, c : c + w]
 
-                        for box, sr in run_tiles(generator, read, row_boxes, batch_size, dev, bf16):
+                        for box, sr in run_tiles(generator, read, by_row[r], batch_size, dev, bf16):
                             _, c, h, w = box
                             window = blend_window(h * s, w * s, overlap * s, _edges(box, height, width))
                             top = r * s - base

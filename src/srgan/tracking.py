@@ -278,12 +278,14 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: nothing to replay")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    clients: dict[str, MlflowClient] = {}
+    trackers: dict[str, MlflowTracker] = {}
     for record in records:
         target = uri or record["uri"]
-        client = clients.setdefault(target, MlflowClient(tracking_uri=target))
-        tracker = MlflowTracker(target, "replay")
-        tracker.client, tracker.run_id = client, record["run_id"]
+        if target not in trackers:
+            trackers[target] = MlflowTracker(target, "replay")
+            trackers[target].client = MlflowClient(tracking_uri=target)
+        tracker = trackers[target]
+        tracker.run_id = record["run_id"]
         args = tuple(record["args"])
         if record["kind"] == "image":
             args = (np.load(args[0]), args[1], args[2])

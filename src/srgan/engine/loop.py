@@ -130,7 +130,6 @@ def fit(
             return
         bad_in_a_row += 1
         state.nonfinite_total += 1
-        counts[f"nonfinite_{what}"] += 1
         if accelerator.is_main_process:
             log.warning("step %d: non-finite %s loss or gradient, optimizer step skipped", state.step, what)
         if bad_in_a_row >= cadence.max_nonfinite:
