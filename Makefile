@@ -40,7 +40,7 @@ demo: install weights
 train: install
 	$(PY) -m srgan.train $(ARGS)
 
-# A Hydra multirun grid from conf/sweep/ (default: adversarial x SAM weights, 4 short jobs), each
+# A Hydra multirun grid from conf/sweep/ (default: adversarial x perceptual x SAM, 8 short jobs), each
 # job one MLflow run nested under the sweep's parent run: make sweep SWEEP=optuna ARGS="..."
 SWEEP ?= loss_weights
 sweep: install weights

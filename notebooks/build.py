@@ -94,12 +94,15 @@ COMPARE = [
         "def curve(run, key):\n"
         "    history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)\n"
         "    return [m.step for m in history], [m.value for m in history]\n\n"
-        "fig, axes = plt.subplots(1, 3, figsize=(16, 4))\n"
+        "keys = ['train/g_total', 'train/l1', 'train/d_loss', 'train/d_real_prob', 'train/d_fake_prob']\n"
+        "fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5))\n"
         "for run in runs:\n"
-        "    for ax, key in zip(axes, ['train/l1', 'train/d_real_prob', 'train/d_fake_prob']):\n"
+        "    for ax, key in zip(axes, keys):\n"
         "        ax.plot(*curve(run, key), label=run.info.run_name)\n"
         "        ax.set_title(key)\n"
-        "axes[0].legend(fontsize=7)\n"
+        "        ax.set_xlabel('generator step')\n"
+        "fig.legend(*axes[0].get_legend_handles_labels(), loc='lower center', ncol=2, fontsize=7,\n"
+        "           bbox_to_anchor=(0.5, -0.25))\n"
         "plt.show()"
     ),
     new_code_cell(
@@ -109,8 +112,12 @@ COMPARE = [
         "table.sort_values('val/psnr', ascending=False)"
     ),
     new_code_cell(
-        "fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), squeeze=False)\n"
-        "for ax, run in zip(axes[0], runs):\n"
+        "cols = min(4, len(runs))\n"
+        "rows = -(-len(runs) // cols)\n"
+        "fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.5 * rows), squeeze=False)\n"
+        "for ax in axes.flat[len(runs):]:\n"
+        "    ax.axis('off')\n"
+        "for ax, run in zip(axes.flat, runs):\n"
         "    listed = client.list_artifacts(run.info.run_id, 'images')\n"
         "    grids = sorted(f.path for f in listed if f.path.endswith('.png'))\n"
         "    if grids:\n"

@@ -38,6 +38,7 @@ def test_sweep_nests_jobs_and_survives_a_failed_one(tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.data.tags["sweep_id"] == "grid-1" and parent.info.status == "FAILED"
     assert parent.data.tags["sweep_jobs"] == "4" and parent.data.tags["sweep_failed_jobs"] == "2"
+    assert "dataset.patch_size=16,18" in parent.data.tags["sweep_overrides"]
     assert len(children) == 4 and all(c.data.tags["sweep_id"] == "grid-1" for c in children)
     by_status = sorted((c.info.status, c.info.run_name) for c in children)
     assert [s for s, _ in by_status] == ["FAILED", "FAILED", "FINISHED", "FINISHED"]

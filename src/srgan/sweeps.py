@@ -1,6 +1,7 @@
 """Hydra multirun sweeps tracked in MLflow: one parent run per sweep, one child run per job.
 
-The callback is named in ``conf/sweep/*.yaml`` (``hydra.callbacks``). At the start of a multirun it
+The callback is named in ``conf/train.yaml`` (``hydra.callbacks``), so every multirun gets it: a
+``conf/sweep/`` grid, an Optuna search or an ad-hoc ``srgan-train -m a=1,2``. At the start it
 creates the parent run (tagged with the sweep id and the grid) and hands its id to the jobs through
 the environment; each job's run is tagged ``mlflow.parentRunId`` (MLflow nests it under the parent),
 the sweep id, its overrides and the git commit, and is named from its overrides. At the end the
@@ -38,7 +39,12 @@ class MlflowSweepCallback(Callback):
         run = self.client.create_run(
             experiment_id,
             run_name=f"sweep-{sweep_id}",
-            tags={"sweep_id": sweep_id, "sweep_grid": str(grid), "sweep_dir": str(config.hydra.sweep.dir)},
+            tags={
+                "sweep_id": sweep_id,
+                "sweep_grid": str(grid),
+                "sweep_overrides": " ".join(config.hydra.overrides.task) or "(none)",
+                "sweep_dir": str(config.hydra.sweep.dir),
+            },
         )
         self.parent = run.info.run_id
         os.environ[PARENT_ENV], os.environ[SWEEP_ENV] = self.parent, sweep_id

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,12 @@ def _sweep_run_name() -> str | None:
         return None
     shown = [o for o in _overrides() if not o.lstrip("+~").startswith(("tracking.", "hydra."))]
     return ",".join(shown) or None
+
+
+def _default_run_name(cfg: DictConfig, dataset: str) -> str:
+    """Outside a sweep: generator, data and start time (MLflow's random names repeat under a fixed seed)."""
+    generator = cfg.generator._target_.rsplit(".", 1)[-1].lower().removesuffix("generator") or "generator"
+    return f"{generator}-{dataset}-{time.strftime('%m%d-%H%M%S')}"
 
 
 def _overrides() -> list[str]:
@@ -188,7 +195,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     tracker = MlflowTracker(
         settings.tracking.uri,
         settings.tracking.experiment_name,
-        settings.tracking.run_name or _sweep_run_name(),
+        settings.tracking.run_name or _sweep_run_name() or _default_run_name(cfg, data.name),
         settings.tracking.artifact_location,
         tags={
             "overrides": " ".join(_overrides()) or "(none)",
