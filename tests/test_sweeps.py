@@ -43,6 +43,7 @@ def test_sweep_nests_jobs_and_survives_a_failed_one(tmp_path):
     by_status = sorted((c.info.status, c.info.run_name) for c in children)
     assert [s for s, _ in by_status] == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
     assert all("dataset.patch_size=18" in name for s, name in by_status if s == "FAILED")
+    assert all("loss.weights.adversarial=" in name and "sweep=" not in name for _, name in by_status)
     assert all(c.data.tags["git_commit"] and "dataset.patch_size=" in c.data.tags["overrides"] for c in children)
     failed = [c for c in children if c.info.status == "FAILED"]
     assert all("multiple of dataset.scale" in c.data.tags["error"] for c in failed)

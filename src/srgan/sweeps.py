@@ -64,6 +64,12 @@ class MlflowSweepCallback(Callback):
             os.environ.pop(key, None)
 
 
+def job_name(overrides: list[str]) -> str | None:
+    """A sweep job's run name: its overrides without the bookkeeping ones (tracking, hydra, sweep)."""
+    shown = [o for o in overrides if not o.lstrip("+~").startswith(("tracking.", "hydra.", "sweep="))]
+    return ",".join(shown) or None
+
+
 def sweep_tags() -> dict[str, str]:
     """Tags that put a training run under its sweep's parent run (empty outside a sweep)."""
     parent = os.environ.get(PARENT_ENV)
@@ -92,6 +98,5 @@ def record_failed_job(
         "git_commit": git_commit or "unknown",
         "error": str(error)[:5000],
     }
-    shown = [o for o in overrides if not o.lstrip("+~").startswith(("tracking.", "hydra."))]
-    run = client.create_run(experiment_id, run_name=",".join(shown) or None, tags=tags)
+    run = client.create_run(experiment_id, run_name=job_name(overrides), tags=tags)
     client.set_terminated(run.info.run_id, "FAILED")

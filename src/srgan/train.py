@@ -35,7 +35,7 @@ from srgan.engine.loop import Cadence, Parts, TrainState, fit
 from srgan.engine.schedules import AdversarialRamp, DiscriminatorSchedule, LRSchedule
 from srgan.engine.validation import validate
 from srgan.losses import build_loss
-from srgan.sweeps import record_failed_job, sweep_tags
+from srgan.sweeps import job_name, record_failed_job, sweep_tags
 from srgan.tracking import MlflowTracker, flatten
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,7 @@ def _sweep_run_name() -> str | None:
     """In a sweep, a job's run is named after its overrides (e.g. ``loss.weights.adversarial=0.01,...``)."""
     if not (sweep_tags() and HydraConfig.initialized()):
         return None
-    shown = [o for o in _overrides() if not o.lstrip("+~").startswith(("tracking.", "hydra."))]
-    return ",".join(shown) or None
+    return job_name(_overrides())
 
 
 def _default_run_name(cfg: DictConfig, dataset: str) -> str:
