@@ -132,8 +132,9 @@ def super_resolve_file(
                     target, target_profile = work / "final.tif", profile
                 windows: dict[tuple, torch.Tensor] = {}
                 with rasterio.open(target, "w", **target_profile) as dst:
-                    acc = torch.zeros(len(indices), 0, width * s)
-                    wsum = torch.zeros(1, 0, width * s)
+                    # The blend buffers live on the model's device: on a GPU only finished strips travel.
+                    acc = torch.zeros(len(indices), 0, width * s, device=dev)
+                    wsum = torch.zeros(1, 0, width * s, device=dev)
                     mask_rows = np.zeros((0, width * s), dtype=bool)
                     base = 0  # first HR row held in the buffers
                     for i, r in enumerate(rows):
@@ -151,8 +152,8 @@ def super_resolve_file(
                         end = (r + th) * s
                         grow = end - (base + acc.shape[1])
                         if grow > 0:
-                            acc = torch.cat([acc, torch.zeros(acc.shape[0], grow, width * s)], 1)
-                            wsum = torch.cat([wsum, torch.zeros(1, grow, width * s)], 1)
+                            acc = torch.cat([acc, acc.new_zeros(acc.shape[0], grow, width * s)], 1)
+                            wsum = torch.cat([wsum, wsum.new_zeros(1, grow, width * s)], 1)
                             mask_rows = np.concatenate([mask_rows, np.zeros((grow, width * s), dtype=bool)])
                         invalid = np.repeat(np.repeat(~valid, s, 0), s, 1)
                         mask_rows[r * s - base : end - base] |= invalid
@@ -165,10 +166,10 @@ def super_resolve_file(
                             _, c, h, w = box
                             key = (h, w, _edges(box, height, width))
                             if key not in windows:
-                                windows[key] = blend_window(h * s, w * s, overlap * s, key[2])
+                                windows[key] = blend_window(h * s, w * s, overlap * s, key[2]).to(dev)
                             window = windows[key]
                             top = r * s - base
-                            acc[:, top : top + h * s, c * s : (c + w) * s] += sr.cpu() * window
+                            acc[:, top : top + h * s, c * s : (c + w) * s] += sr * window
                             wsum[:, top : top + h * s, c * s : (c + w) * s] += window
                             done += 1
                             bar.update(1)
@@ -177,7 +178,7 @@ def super_resolve_file(
                         final = rows[i + 1] * s if i + 1 < len(rows) else height * s
                         n = final - base
                         if n > 0:
-                            out = (acc[:, :n] / wsum[:, :n]).numpy()
+                            out = (acc[:, :n] / wsum[:, :n]).cpu().numpy()
                             if histogram_match:
                                 out[:, mask_rows[:n]] = np.nan
                             else:
