@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 RUN := $(or $(RUN),outputs/demo/run-$(shell date +%Y%m%d-%H%M%S))
 PORT ?= 5000
 
-.PHONY: install weights demo train test test-fast lint mlflow-ui clean
+.PHONY: install weights demo train sweep test test-fast lint mlflow-ui bench bench-peer clean
 
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,29 @@ demo: install weights
 train: install
 	$(PY) -m srgan.train $(ARGS)
 
+# A Hydra multirun grid from conf/sweep/ (default: adversarial x perceptual x SAM, 8 short jobs), each
+# job one MLflow run nested under the sweep's parent run: make sweep SWEEP=optuna ARGS="..."
+SWEEP ?= loss_weights
+sweep: install weights
+	$(PY) -m srgan.train sweep=$(SWEEP) $(ARGS)
+
+# Speed, memory and hardware efficiency of training and inference (bench/speed.py; not a test).
+bench: install
+	$(PY) bench/speed.py $(ARGS)
+
+# srgan against opensr-srgan 0.4.3, side by side; the reference lives in its own .venv-peer.
+PEER := .venv-peer
+bench-peer: install $(PEER)/.installed
+	$(PY) bench/peer.py $(ARGS)
+
+$(PEER)/.installed:
+	test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
+	$(PEER)/bin/python -m pip install --quiet --upgrade pip
+	$(PEER)/bin/python -m pip install --quiet 'torch>=2.4,<3' 'torchvision<1' pytorch-lightning kornia omegaconf \
+		matplotlib scikit-image
+	$(PEER)/bin/python -m pip install --quiet --no-deps opensr-srgan==0.4.3
+	touch $@
+
 test: install weights
 	$(PY) -m pytest
 
@@ -47,8 +70,8 @@ test-fast: install weights
 	$(PY) -m pytest -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench experiments notebooks
+	$(VENV)/bin/ruff format --check src tests bench experiments notebooks
 
 mlflow-ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db \

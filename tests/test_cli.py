@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,8 @@ def test_training_cli_tags_the_run_with_its_overrides(trained_run):
     tmp, uri = trained_run
     (run_info,) = MlflowClient(uri).search_runs(MlflowClient(uri).get_experiment_by_name("demo").experiment_id)
     assert "generator.n_channels=8" in run_info.data.tags["overrides"]
+    # Named after generator and data, not MLflow's random name (which repeats under a fixed seed).
+    assert re.fullmatch(r"rcab-s2_rgbn_x4-\d{4}-\d{6}", run_info.info.run_name), run_info.info.run_name
     assert (tmp / "run" / "model" / "generator.safetensors").is_file()
     assert (tmp / "run" / ".hydra" / "overrides.yaml").is_file()
 

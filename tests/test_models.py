@@ -209,3 +209,22 @@ def test_docs_model_table_is_generated_and_current():
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_head_and_tail_kernels_are_configurable_and_checked():
+    g = RCABGenerator(4, 4, 4, n_channels=16, n_blocks=1, head_kernel=9, tail_kernel=9)
+    assert g.head.kernel_size == (9, 9) and g.tail.kernel_size == (9, 9)
+    assert g(torch.rand(1, 4, 12, 12)).shape == (1, 4, 48, 48)
+    assert SRResNetGenerator(4, 4, 4).head.kernel_size == (9, 9)  # Ledig et al.
+    with pytest.raises(ValueError, match="head_kernel"):
+        RCABGenerator(4, 4, 4, head_kernel=4)
+
+
+def test_srgan_discriminator_strided_kernel():
+    from srgan.models import SRGANDiscriminator
+
+    for k in (3, 4):
+        d = SRGANDiscriminator(4, base_channels=8, downsample_kernel=k)
+        assert d.features[2].kernel_size == (k, k) and d(torch.rand(2, 4, 100, 76)).shape == (2, 1)
+    with pytest.raises(ValueError, match="downsample_kernel"):
+        SRGANDiscriminator(4, downsample_kernel=5)

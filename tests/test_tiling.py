@@ -164,3 +164,29 @@ def test_cog_bf16_and_histogram_matching_options(tmp_path):
         sr = src.read().astype(float)
     for b in range(4):  # the SR band's quantiles are the LR band's
         np.testing.assert_allclose(np.percentile(sr[b], [10, 50, 90]), np.percentile(data[b], [10, 50, 90]), rtol=0.03)
+
+
+def test_channels_last_inference_matches_contiguous(tmp_path):
+    import numpy as np
+    import rasterio
+
+    from srgan.infer import super_resolve_file
+    from tests.conftest import write_geotiff
+
+    model_dir, _ = _exported(tmp_path)
+    data = np.random.default_rng(1).uniform(0, 3000, (4, 40, 50)).astype(np.float32)
+    path = write_geotiff(tmp_path / "lr.tif", data, ["B04", "B03", "B02", "B08"])
+    outputs = []
+    for channels_last in (False, True):
+        out = super_resolve_file(
+            model_dir,
+            path,
+            tmp_path / f"sr_{channels_last}.tif",
+            tile=32,
+            overlap=8,
+            progress=False,
+            channels_last=channels_last,
+        )
+        with rasterio.open(out["output"]) as sr:
+            outputs.append(sr.read())
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=0.01)

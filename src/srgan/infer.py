@@ -68,6 +68,7 @@ def super_resolve_file(
     histogram_match: bool = False,
     progress: bool = True,
     gdal_cache_mb: int = 256,
+    channels_last: bool = True,
 ) -> dict[str, Any]:
     """Stream ``input_path`` through the model into ``output_path``; returns the path and timing.
 
@@ -82,6 +83,8 @@ def super_resolve_file(
             raise RasterError(f"{input_path}: no such file")
         dev = pick_device(device)
         generator, s = model.generator.to(dev), model.scale
+        if channels_last:
+            generator.to(memory_format=torch.channels_last)
         with rasterio.open(input_path) as src:
             indices = _band_indices(input_path, src.descriptions, src.count, list(bands) if bands else model.band_names)
             if len(indices) != len(model.band_names):
@@ -105,6 +108,9 @@ def super_resolve_file(
                 blockxsize=256,
                 blockysize=256,
                 BIGTIFF="IF_SAFER",
+                # GDAL compresses blocks on every core (a single-threaded DEFLATE is what limits
+                # the scene rate once the generator runs on a GPU: bench/speed.py --kinds scene).
+                NUM_THREADS="ALL_CPUS",
             )
             boxes = tile_boxes(height, width, tile, overlap)
             by_row: dict[int, list[tuple[int, int, int, int]]] = {}
@@ -118,9 +124,17 @@ def super_resolve_file(
             try:
                 started, done = time.perf_counter(), 0
                 bar = tqdm(total=len(boxes), unit="tile", disable=not progress, desc=input_path.name, mininterval=1.0)
-                with rasterio.open(stage, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
-                    acc = torch.zeros(len(indices), 0, width * s)
-                    wsum = torch.zeros(1, 0, width * s)
+                # Histogram matching needs the whole SR distribution first, so it goes through a float
+                # staging file; otherwise each finished strip is converted and written once.
+                if histogram_match:
+                    target, target_profile = stage, {**profile, "dtype": "float32", "nodata": None}
+                else:
+                    target, target_profile = work / "final.tif", profile
+                windows: dict[tuple, torch.Tensor] = {}
+                with rasterio.open(target, "w", **target_profile) as dst:
+                    # The blend buffers live on the model's device: on a GPU only finished strips travel.
+                    acc = torch.zeros(len(indices), 0, width * s, device=dev)
+                    wsum = torch.zeros(1, 0, width * s, device=dev)
                     mask_rows = np.zeros((0, width * s), dtype=bool)
                     base = 0  # first HR row held in the buffers
                     for i, r in enumerate(rows):
@@ -138,8 +152,8 @@ def super_resolve_file(
                         end = (r + th) * s
                         grow = end - (base + acc.shape[1])
                         if grow > 0:
-                            acc = torch.cat([acc, torch.zeros(acc.shape[0], grow, width * s)], 1)
-                            wsum = torch.cat([wsum, torch.zeros(1, grow, width * s)], 1)
+                            acc = torch.cat([acc, acc.new_zeros(acc.shape[0], grow, width * s)], 1)
+                            wsum = torch.cat([wsum, wsum.new_zeros(1, grow, width * s)], 1)
                             mask_rows = np.concatenate([mask_rows, np.zeros((grow, width * s), dtype=bool)])
                         invalid = np.repeat(np.repeat(~valid, s, 0), s, 1)
                         mask_rows[r * s - base : end - base] |= invalid
@@ -148,11 +162,14 @@ def super_resolve_file(
                             _, c, h, w = box
                             return lr[:, :h, c : c + w]
 
-                        for box, sr in run_tiles(generator, read, by_row[r], batch_size, dev, bf16):
+                        for box, sr in run_tiles(generator, read, by_row[r], batch_size, dev, bf16, channels_last):
                             _, c, h, w = box
-                            window = blend_window(h * s, w * s, overlap * s, _edges(box, height, width))
+                            key = (h, w, _edges(box, height, width))
+                            if key not in windows:
+                                windows[key] = blend_window(h * s, w * s, overlap * s, key[2]).to(dev)
+                            window = windows[key]
                             top = r * s - base
-                            acc[:, top : top + h * s, c * s : (c + w) * s] += sr.cpu() * window
+                            acc[:, top : top + h * s, c * s : (c + w) * s] += sr * window
                             wsum[:, top : top + h * s, c * s : (c + w) * s] += window
                             done += 1
                             bar.update(1)
@@ -161,17 +178,21 @@ def super_resolve_file(
                         final = rows[i + 1] * s if i + 1 < len(rows) else height * s
                         n = final - base
                         if n > 0:
-                            out = (acc[:, :n] / wsum[:, :n]).numpy()
-                            out[:, mask_rows[:n]] = np.nan
+                            out = (acc[:, :n] / wsum[:, :n]).cpu().numpy()
+                            if histogram_match:
+                                out[:, mask_rows[:n]] = np.nan
+                            else:
+                                out = _to_output(out, mask_rows[:n], profile, model, None)
                             dst.write(out, window=Window(0, base, width * s, n))
                             acc, wsum, mask_rows = acc[:, n:], wsum[:, n:], mask_rows[n:]
                             base = final
+                    if not histogram_match:
+                        dst.descriptions = tuple(model.band_names)
                 bar.close()
                 seconds = time.perf_counter() - started
-                maps = None
                 if histogram_match:
                     maps = quantile_maps(_sample_sr(stage, model), np.concatenate(lr_samples, axis=1))
-                _finalise(stage, work / "final.tif", profile, model, maps)
+                    _finalise(stage, work / "final.tif", profile, model, maps)
                 if cog:
                     rasterio.shutil.copy(work / "final.tif", work / "cog.tif", driver="COG", compress="DEFLATE")
                     os.replace(work / "cog.tif", work / "final.tif")
@@ -194,20 +215,26 @@ def _sample_sr(stage: Path, model: ExportedModel) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def _to_output(
+    data: np.ndarray, missing: np.ndarray, profile: dict, model: ExportedModel, maps: list | None
+) -> np.ndarray:
+    """Float SR in network units -> the input's units and data type, nodata where ``missing``."""
+    missing = missing | ~np.isfinite(data).all(0)
+    values = np.asarray(model.normalization.denormalize(np.nan_to_num(data)))
+    if maps is not None:
+        values = np.stack([np.interp(v, sq, lq) for v, (sq, lq) in zip(values, maps)])
+    out = to_dtype(values, profile["dtype"])
+    if profile["nodata"] is not None:
+        out[:, missing] = profile["nodata"]
+    return out
+
+
 def _finalise(stage: Path, target: Path, profile: dict, model: ExportedModel, maps: list | None) -> None:
-    """Float SR in network units -> the input's units and data type, nodata restored, window by window."""
-    nodata = profile["nodata"]
+    """The float staging file -> the output (histogram-matched), window by window."""
     with rasterio.open(stage) as src, rasterio.open(target, "w", **profile) as dst:
         for _, window in src.block_windows(1):
             data = src.read(window=window)
-            missing = ~np.isfinite(data).all(0)
-            values = np.asarray(model.normalization.denormalize(np.nan_to_num(data)))
-            if maps is not None:
-                values = np.stack([np.interp(v, sq, lq) for v, (sq, lq) in zip(values, maps)])
-            out = to_dtype(values, profile["dtype"])
-            if nodata is not None:
-                out[:, missing] = nodata
-            dst.write(out, window=window)
+            dst.write(_to_output(data, np.zeros(data.shape[1:], bool), profile, model, maps), window=window)
         dst.descriptions = tuple(model.band_names)
 
 
@@ -227,6 +254,7 @@ def main(cfg: DictConfig) -> None:
         cfg.cog,
         cfg.histogram_match,
         cfg.progress,
+        channels_last=cfg.channels_last,
     )
     print(
         f"super-resolved {cfg.input} -> {result['output']} "

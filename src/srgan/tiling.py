@@ -74,13 +74,18 @@ def run_tiles(
     batch_size: int,
     device: torch.device,
     bf16: bool = False,
+    channels_last: bool = False,
 ) -> Iterator[tuple[tuple[int, int, int, int], torch.Tensor]]:
-    """Model outputs (fp32) for the tiles in ``boxes``, in order, ``batch_size`` at a time."""
+    """Model outputs (fp32) for the tiles in ``boxes``, in order, ``batch_size`` at a time.
+
+    With ``channels_last`` the batches are NHWC (the model should be converted too: see
+    ``bench/speed.py`` for what it gains on the machine at hand)."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     for start in range(0, len(boxes), batch_size):
         chunk = boxes[start : start + batch_size]
-        batch = torch.stack([read(box) for box in chunk]).to(device)
-        with torch.no_grad(), autocast:
+        batch = torch.stack([read(box) for box in chunk]).to(device).contiguous(memory_format=fmt)
+        with torch.inference_mode(), autocast:
             out = model(batch).float()
         yield from zip(chunk, out)
 

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -33,6 +35,7 @@ from srgan.engine.loop import Cadence, Parts, TrainState, fit
 from srgan.engine.schedules import AdversarialRamp, DiscriminatorSchedule, LRSchedule
 from srgan.engine.validation import validate
 from srgan.losses import build_loss
+from srgan.sweeps import job_name, record_failed_job, sweep_tags
 from srgan.tracking import MlflowTracker, flatten
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,19 @@ def _has_accelerator() -> bool:
     # only when told cpu=True; otherwise every process silently trains alone.
     xpu = getattr(torch, "xpu", None)
     return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
+def _sweep_run_name() -> str | None:
+    """In a sweep, a job's run is named after its overrides (e.g. ``loss.weights.adversarial=0.01,...``)."""
+    if not (sweep_tags() and HydraConfig.initialized()):
+        return None
+    return job_name(_overrides())
+
+
+def _default_run_name(cfg: DictConfig, dataset: str) -> str:
+    """Outside a sweep: generator, data and start time (MLflow's random names repeat under a fixed seed)."""
+    generator = cfg.generator._target_.rsplit(".", 1)[-1].lower().removesuffix("generator") or "generator"
+    return f"{generator}-{dataset}-{time.strftime('%m%d-%H%M%S')}"
 
 
 def _overrides() -> list[str]:
@@ -178,7 +194,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     tracker = MlflowTracker(
         settings.tracking.uri,
         settings.tracking.experiment_name,
-        settings.tracking.run_name,
+        settings.tracking.run_name or _sweep_run_name() or _default_run_name(cfg, data.name),
         settings.tracking.artifact_location,
         tags={
             "overrides": " ".join(_overrides()) or "(none)",
@@ -188,6 +204,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "git_commit": _git_commit() or "unknown",
             "processes": str(accelerator.num_processes),
             "precision": trainer.precision,
+            **sweep_tags(),
         },
         active=accelerator.is_main_process,
         log_images=settings.tracking.log_images,
@@ -296,7 +313,17 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    result = train(cfg, HydraConfig.get().runtime.output_dir)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        # One failed job must not stop the sweep: its MLflow run is already marked FAILED.
+        hydra_cfg = HydraConfig.get()
+        try:
+            result = train(cfg, hydra_cfg.runtime.output_dir)
+        except Exception as err:
+            log.exception("sweep job %s failed; the sweep goes on", hydra_cfg.job.num)
+            record_failed_job(cfg, str(Path(hydra_cfg.runtime.output_dir).resolve()), _overrides(), err, _git_commit())
+            return None
+    else:
+        result = train(cfg, HydraConfig.get().runtime.output_dir)
     if result["is_main_process"]:
         print(f"\nrun folder: {result['run_dir']}\nMLflow run: {result['run_id']}  (open the UI with `make mlflow-ui`)")
     # A sweeper can optimise the returned value.

@@ -24,7 +24,8 @@ class SRGANDiscriminator(nn.Module):
     """SRGAN discriminator (Ledig et al. 2017): strided conv blocks and one real/fake logit.
 
     Unlike the original fixed 96/128 px input with a dense head sized for it, adaptive average
-    pooling makes the head independent of the patch size.
+    pooling makes the head independent of the patch size. The strided convs are 3x3 as in the
+    paper (``downsample_kernel``; 4 gives the DCGAN-style 4x4 variant).
     """
 
     def __init__(
@@ -34,9 +35,12 @@ class SRGANDiscriminator(nn.Module):
         n_stages: int = 4,
         head_features: int = 1024,
         spectral_norm: bool = False,
+        downsample_kernel: int = 3,
     ) -> None:
         super().__init__()
         check_channels(in_channels=in_channels, base_channels=base_channels, n_stages=n_stages)
+        if downsample_kernel not in (3, 4):
+            raise ValueError(f"downsample_kernel must be 3 or 4, got {downsample_kernel!r}")
         wrap = _wrapper(spectral_norm)
         layers: list[nn.Module] = [
             wrap(nn.Conv2d(in_channels, base_channels, 3, padding=1)),
@@ -48,7 +52,7 @@ class SRGANDiscriminator(nn.Module):
             if stage > 0:
                 layers += [wrap(nn.Conv2d(channels, out, 3, padding=1)), nn.LeakyReLU(0.2, True)]
             # Batch norm is left out: it couples samples in a batch and fights spectral norm.
-            layers += [wrap(nn.Conv2d(out, out, 4, stride=2, padding=1)), nn.LeakyReLU(0.2, True)]
+            layers += [wrap(nn.Conv2d(out, out, downsample_kernel, stride=2, padding=1)), nn.LeakyReLU(0.2, True)]
             channels = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(

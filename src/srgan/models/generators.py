@@ -1,9 +1,9 @@
 """Generator families.
 
-All share ``in_channels, out_channels, scale, n_channels, n_blocks, upsampler, global_residual``
-so that ``generator=<family>`` swaps freely; each adds its own block options. The common skeleton
-(:class:`SRGenerator`) is head conv -> blocks + conv with a long skip -> upsampler -> tail conv,
-plus optionally the interpolated input (global residual).
+All share ``in_channels, out_channels, scale, n_channels, n_blocks, upsampler, global_residual,
+head_kernel, tail_kernel`` so that ``generator=<family>`` swaps freely; each adds its own block
+options. The common skeleton (:class:`SRGenerator`) is head conv -> blocks + conv with a long skip
+-> upsampler -> tail conv, plus optionally the interpolated input (global residual).
 """
 
 from __future__ import annotations
@@ -48,9 +48,14 @@ class SRGenerator(nn.Module):
         blocks: Iterable[nn.Module],
         upsampler: str = "pixelshuffle",
         global_residual: str | None = "bicubic",
+        head_kernel: int = 3,
+        tail_kernel: int = 3,
     ) -> None:
         super().__init__()
         check_channels(in_channels=in_channels, out_channels=out_channels, n_channels=n_channels)
+        for name, k in (("head_kernel", head_kernel), ("tail_kernel", tail_kernel)):
+            if not isinstance(k, int) or k < 1 or k % 2 == 0:
+                raise ValueError(f"{name} must be a positive odd integer, got {k!r}")
         check_scale(scale)
         if upsampler not in UPSAMPLERS:
             raise ValueError(f"upsampler must be one of {tuple(UPSAMPLERS)}, got {upsampler!r}")
@@ -63,10 +68,10 @@ class SRGenerator(nn.Module):
             )
         self.scale = scale
         self.global_residual = global_residual
-        self.head = nn.Conv2d(in_channels, n_channels, 3, padding=1)
+        self.head = nn.Conv2d(in_channels, n_channels, head_kernel, padding=head_kernel // 2)
         self.body = nn.Sequential(*blocks, nn.Conv2d(n_channels, n_channels, 3, padding=1))
         self.upsample = UPSAMPLERS[upsampler](n_channels, scale)
-        self.tail = nn.Conv2d(n_channels, out_channels, 3, padding=1)
+        self.tail = nn.Conv2d(n_channels, out_channels, tail_kernel, padding=tail_kernel // 2)
         if global_residual is not None:
             nn.init.zeros_(self.tail.weight)
             nn.init.zeros_(self.tail.bias)
@@ -87,7 +92,7 @@ def _blocks(n_blocks: int, make) -> list[nn.Module]:
 
 
 class SRResNetGenerator(SRGenerator):
-    """SRResNet (Ledig et al. 2017): residual blocks, normalisation ``none`` or ``batch``."""
+    """SRResNet (Ledig et al. 2017): residual blocks, normalisation ``none`` or ``batch``, 9x9 head and tail."""
 
     def __init__(
         self,
@@ -99,11 +104,15 @@ class SRResNetGenerator(SRGenerator):
         norm: str = "none",
         upsampler: str = "pixelshuffle",
         global_residual: str | None = "bicubic",
+        head_kernel: int = 9,
+        tail_kernel: int = 9,
     ) -> None:
         if norm not in ("none", "batch"):
             raise ValueError(f"norm must be 'none' or 'batch', got {norm!r}")
         blocks = _blocks(n_blocks, lambda: ResidualBlock(n_channels, norm))
-        super().__init__(in_channels, out_channels, scale, n_channels, blocks, upsampler, global_residual)
+        super().__init__(
+            in_channels, out_channels, scale, n_channels, blocks, upsampler, global_residual, head_kernel, tail_kernel
+        )
 
 
 class RCABGenerator(SRGenerator):
@@ -120,10 +129,14 @@ class RCABGenerator(SRGenerator):
         res_scale: float = 1.0,
         upsampler: str = "pixelshuffle",
         global_residual: str | None = "bicubic",
+        head_kernel: int = 3,
+        tail_kernel: int = 3,
     ) -> None:
         check_channels(reduction=reduction)
         blocks = _blocks(n_blocks, lambda: RCAB(n_channels, reduction, res_scale))
-        super().__init__(in_channels, out_channels, scale, n_channels, blocks, upsampler, global_residual)
+        super().__init__(
+            in_channels, out_channels, scale, n_channels, blocks, upsampler, global_residual, head_kernel, tail_kernel
+        )
 
 
 class RRDBGenerator(SRGenerator):
@@ -144,10 +157,14 @@ class RRDBGenerator(SRGenerator):
         res_scale: float = 0.2,
         upsampler: str = "pixelshuffle",
         global_residual: str | None = "bicubic",
+        head_kernel: int = 3,
+        tail_kernel: int = 3,
     ) -> None:
         check_channels(growth_channels=growth_channels)
         blocks = _blocks(n_blocks, lambda: RRDB(n_channels, growth_channels, res_scale))
-        super().__init__(in_channels, out_channels, scale, n_channels, blocks, upsampler, global_residual)
+        super().__init__(
+            in_channels, out_channels, scale, n_channels, blocks, upsampler, global_residual, head_kernel, tail_kernel
+        )
 
 
 class LKAGenerator(SRGenerator):
@@ -166,12 +183,16 @@ class LKAGenerator(SRGenerator):
         mlp_ratio: float = 2.0,
         upsampler: str = "pixelshuffle",
         global_residual: str | None = "bicubic",
+        head_kernel: int = 3,
+        tail_kernel: int = 3,
     ) -> None:
         for name, k in (("kernel", kernel), ("dilated_kernel", dilated_kernel)):
             if k < 1 or k % 2 == 0:
                 raise ValueError(f"{name} must be a positive odd number, got {k}")
         blocks = _blocks(n_blocks, lambda: LKABlock(n_channels, kernel, dilated_kernel, dilation, mlp_ratio))
-        super().__init__(in_channels, out_channels, scale, n_channels, blocks, upsampler, global_residual)
+        super().__init__(
+            in_channels, out_channels, scale, n_channels, blocks, upsampler, global_residual, head_kernel, tail_kernel
+        )
 
 
 class StochasticGenerator(SRGenerator):
@@ -194,9 +215,13 @@ class StochasticGenerator(SRGenerator):
         noise_seed: int = 0,
         upsampler: str = "pixelshuffle",
         global_residual: str | None = "bicubic",
+        head_kernel: int = 3,
+        tail_kernel: int = 3,
     ) -> None:
         blocks = _blocks(n_blocks, lambda: StochasticBlock(n_channels, res_scale))
-        super().__init__(in_channels, out_channels, scale, n_channels, blocks, upsampler, global_residual)
+        super().__init__(
+            in_channels, out_channels, scale, n_channels, blocks, upsampler, global_residual, head_kernel, tail_kernel
+        )
         self.set_noise(noise_mode, noise_seed)
 
     def set_noise(self, mode: str, seed: int | None = None) -> None:
