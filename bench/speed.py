@@ -241,7 +241,8 @@ def bench_generator(
     from hydra.utils import instantiate
 
     cfg = _compose(model, opts.get("overrides", []))
-    channels_last = opts.get("channels_last", bool(cfg.trainer.channels_last))
+    # srgan-infer's default layout (conf/infer.yaml: channels_last: true)
+    channels_last = opts.get("channels_last", True)
     generator = instantiate(cfg.generator, _convert_="all").eval()
     flops = _forward_flops(generator, (1, BANDS, INFER_LR, INFER_LR)) * batch
     fmt = torch.channels_last if channels_last else torch.contiguous_format

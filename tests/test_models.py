@@ -228,3 +228,21 @@ def test_srgan_discriminator_strided_kernel():
         assert d.features[2].kernel_size == (k, k) and d(torch.rand(2, 4, 100, 76)).shape == (2, 1)
     with pytest.raises(ValueError, match="downsample_kernel"):
         SRGANDiscriminator(4, downsample_kernel=5)
+
+
+def test_band_conv_matches_conv2d_and_keeps_the_layout():
+    from srgan.models.blocks import BandConv2d
+
+    torch.manual_seed(0)
+    band = BandConv2d(16, 4, 9, padding=4)
+    plain = torch.nn.Conv2d(16, 4, 9, padding=4)
+    plain.load_state_dict(band.state_dict())
+    x = torch.randn(2, 16, 20, 24, requires_grad=True)
+    y = band(x)
+    assert y.is_contiguous() and torch.allclose(y, plain(x), atol=1e-5)
+    y.square().sum().backward()
+    grad_band, x.grad = x.grad.clone(), None
+    plain(x).square().sum().backward()
+    assert torch.allclose(grad_band, x.grad, atol=1e-4)
+    nhwc = x.detach().contiguous(memory_format=torch.channels_last)
+    assert band(nhwc).is_contiguous(memory_format=torch.channels_last)

@@ -18,6 +18,7 @@ from srgan.models.blocks import (
     RCAB,
     RRDB,
     UPSAMPLERS,
+    BandConv2d,
     LKABlock,
     NoiseInjection,
     ResidualBlock,
@@ -71,7 +72,7 @@ class SRGenerator(nn.Module):
         self.head = nn.Conv2d(in_channels, n_channels, head_kernel, padding=head_kernel // 2)
         self.body = nn.Sequential(*blocks, nn.Conv2d(n_channels, n_channels, 3, padding=1))
         self.upsample = UPSAMPLERS[upsampler](n_channels, scale)
-        self.tail = nn.Conv2d(n_channels, out_channels, tail_kernel, padding=tail_kernel // 2)
+        self.tail = BandConv2d(n_channels, out_channels, tail_kernel, padding=tail_kernel // 2)
         if global_residual is not None:
             nn.init.zeros_(self.tail.weight)
             nn.init.zeros_(self.tail.bias)
