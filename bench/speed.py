@@ -150,11 +150,10 @@ def machine_peak(repeats: int, device: str) -> dict[str, Any]:
 def bench_train(model: str, opts: dict[str, Any], warmup: int, repeats: int, device: str, batch: int) -> dict[str, Any]:
     import torch
     from accelerate import Accelerator
-    from hydra.utils import instantiate
 
     from srgan.engine.ema import EMA
     from srgan.engine.steps import discriminator_step, generator_step
-    from srgan.losses.composite import build_loss
+    from srgan.train import build_networks
 
     overrides = ["loss.weights.adversarial=0.01", *opts.get("overrides", [])]
     if "channels_last" in opts:
@@ -176,14 +175,7 @@ def bench_train(model: str, opts: dict[str, Any], warmup: int, repeats: int, dev
     accelerator = Accelerator(
         mixed_precision=trainer.precision, cpu=device == "cpu", dynamo_backend="inductor" if trainer.compile else "no"
     )
-    generator = instantiate(cfg.generator, _convert_="all")
-    discriminator = instantiate(cfg.discriminator, _convert_="all")
-    if trainer.channels_last:
-        generator.to(memory_format=torch.channels_last)
-        discriminator.to(memory_format=torch.channels_last)
-    loss = build_loss(cfg.loss).to(accelerator.device)
-    optimizer_g = instantiate(schedule.optimizer_g, _convert_="all")(generator.parameters())
-    optimizer_d = instantiate(schedule.optimizer_d, _convert_="all")(discriminator.parameters())
+    generator, discriminator, loss, optimizer_g, optimizer_d = build_networks(cfg, accelerator.device)
     generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(
         generator, discriminator, optimizer_g, optimizer_d
     )

@@ -67,6 +67,19 @@ def _sweep_run_name() -> str | None:
     return job_name(_overrides())
 
 
+def build_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any, Any, Any]:
+    """Generator, discriminator, loss and both optimizers as a run builds them (``bench/speed.py`` too)."""
+    generator = instantiate(cfg.generator, _convert_="all")
+    discriminator = instantiate(cfg.discriminator, _convert_="all")
+    if cfg.trainer.channels_last:
+        generator.to(memory_format=torch.channels_last)
+        discriminator.to(memory_format=torch.channels_last)
+    loss = build_loss(cfg.loss).to(device)
+    optimizer_g = instantiate(cfg.schedule.optimizer_g, _convert_="all")(generator.parameters())
+    optimizer_d = instantiate(cfg.schedule.optimizer_d, _convert_="all")(discriminator.parameters())
+    return generator, discriminator, loss, optimizer_g, optimizer_d
+
+
 def _default_run_name(cfg: DictConfig, dataset: str) -> str:
     """Outside a sweep: generator, data and start time (MLflow's random names repeat under a fixed seed)."""
     generator = cfg.generator._target_.rsplit(".", 1)[-1].lower().removesuffix("generator") or "generator"
@@ -149,14 +162,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         )
 
     data = instantiate(cfg.dataset, _convert_="all")
-    generator = instantiate(cfg.generator, _convert_="all")
-    discriminator = instantiate(cfg.discriminator, _convert_="all")
-    if trainer.channels_last:
-        generator.to(memory_format=torch.channels_last)
-        discriminator.to(memory_format=torch.channels_last)
-    loss = build_loss(cfg.loss).to(accelerator.device)
-    optimizer_g = instantiate(schedule.optimizer_g, _convert_="all")(generator.parameters())
-    optimizer_d = instantiate(schedule.optimizer_d, _convert_="all")(discriminator.parameters())
+    generator, discriminator, loss, optimizer_g, optimizer_d = build_networks(cfg, accelerator.device)
     lr_g = LRSchedule(optimizer_g, trainer.max_steps, **vars(schedule.lr_g), name="lr_g")
     lr_d = LRSchedule(optimizer_d, trainer.max_steps, **vars(schedule.lr_d), name="lr_d")
     ema = EMA(generator, schedule.ema.decay, schedule.ema.start_step, schedule.ema.warmup, schedule.ema.enabled)
