@@ -235,7 +235,7 @@ def gan_step(
 
 def probability_gap(accelerator: Accelerator, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> float:
     """Mean D(y) - mean D(G(x)) as probabilities, averaged over processes (so all agree on holdback)."""
-    gap = (torch.sigmoid(real_logits.detach().float()).mean() - torch.sigmoid(fake_logits.detach().float()).mean())
+    gap = torch.sigmoid(real_logits.detach().float()).mean() - torch.sigmoid(fake_logits.detach().float()).mean()
     gap = gap.reshape(1)
     return float(accelerator.reduce(gap, "mean")) if accelerator.num_processes > 1 else float(gap)
 
