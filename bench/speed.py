@@ -8,9 +8,10 @@ For each generator (``rcab``, ``rrdb``: 64 channels, 16 blocks, 4 bands, x4, wit
 discriminator and L1 + adversarial loss) it measures, each in a fresh subprocess so that its peak
 resident memory (``ru_maxrss``) is its own and its thread count is set before torch starts:
 
-* ``train``: one full GAN training step as ``srgan-train`` runs it (``engine.steps.generator_step``,
-  then ``discriminator_step`` on the same SR, then the EMA update), batch 4 of 32x32 LR / 128x128
-  HR, in the adversarial phase; steps per second from the median of the timed steps after warm-up;
+* ``train``: one full GAN training step as ``srgan-train`` runs it (``engine.steps.gan_step``: G and
+  D updates from one shared D pass, or with ``trainer.fused_gan_step=false`` ``generator_step`` then
+  ``discriminator_step`` on the same SR; then the EMA update), batch 4 of 32x32 LR / 128x128 HR, in
+  the adversarial phase; steps per second from the median of the timed steps after warm-up;
 * ``generator``: inference on batches of 64x64 LR tiles (``torch.inference_mode``), output
   megapixels per second and achieved GFLOP/s of the forward (FLOPs counted by
   ``torch.utils.flop_counter``) against the machine's measured 3x3 convolution and matmul GFLOP/s;
@@ -46,6 +47,7 @@ TRAIN_VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "contiguous": {"channels_last": False},
     "channels_last": {"channels_last": True},
+    "separate_steps": {"overrides": ["trainer.fused_gan_step=false"]},
     "adam_forloop": {"adam": "forloop"},
     "adam_foreach": {"adam": "foreach"},
     "adam_fused": {"adam": "fused"},
@@ -152,8 +154,8 @@ def bench_train(model: str, opts: dict[str, Any], warmup: int, repeats: int, dev
     from accelerate import Accelerator
 
     from srgan.engine.ema import EMA
-    from srgan.engine.steps import discriminator_step, generator_step
-    from srgan.train import build_networks
+    from srgan.engine.steps import discriminator_step, gan_step, generator_step
+    from srgan.train import build_networks, fused_gan_step
 
     overrides = ["loss.weights.adversarial=0.01", *opts.get("overrides", [])]
     if "channels_last" in opts:
@@ -190,10 +192,14 @@ def bench_train(model: str, opts: dict[str, Any], warmup: int, repeats: int, dev
     lr = torch.nn.functional.avg_pool2d(hr, SCALE).contiguous(memory_format=fmt)
     data = {"lr": lr, "hr": hr}
     step = [0]
+    fused = fused_gan_step(trainer.fused_gan_step, d_module)
 
     def one_step() -> None:
-        sr, _, _ = generator_step(accelerator, generator, d_module, loss, optimizer_g, data, 0.01)
-        discriminator_step(accelerator, discriminator, loss, optimizer_d, data["hr"], sr)
+        if fused:
+            gan_step(accelerator, generator, discriminator, loss, optimizer_g, optimizer_d, data, 0.01)
+        else:
+            sr, _, _ = generator_step(accelerator, generator, d_module, loss, optimizer_g, data, 0.01)
+            discriminator_step(accelerator, discriminator, loss, optimizer_d, data["hr"], sr)
         ema.update(g_module, step[0])
         step[0] += 1
 
@@ -213,6 +219,7 @@ def bench_train(model: str, opts: dict[str, Any], warmup: int, repeats: int, dev
         "step_s_median": median,
         "steps_per_s": 1 / median,
         "step_s_all": times,
+        "fused_gan_step": fused,
         "optimizer": type(optimizer_g.optimizer).__name__,
         "adam_impl": adam or _adam_impl(optimizer_g.optimizer),
     }

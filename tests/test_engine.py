@@ -129,12 +129,21 @@ def test_discriminator_warmup_interval_and_steps_per_g(tmp_path, tiny_overrides)
 
 
 @pytest.mark.slow
-def test_holdback_skips_discriminator_updates_while_it_is_confident(tmp_path, tiny_overrides, monkeypatch):
+@pytest.mark.parametrize("fused", [True, False])
+def test_holdback_skips_discriminator_updates_while_it_is_confident(tmp_path, tiny_overrides, monkeypatch, fused):
     import srgan.engine.loop as loop
+    import srgan.engine.steps as steps
 
     gaps = iter([0.9, 0.1, 0.95, 0.2])
-    monkeypatch.setattr(loop, "discriminator_confidence", lambda *a: next(gaps))
-    overrides = ["schedule.discriminator.holdback=0.8", "trainer.checkpoint.best_metric=null"]
+    if fused:  # the gap comes from the logits of the shared D pass
+        monkeypatch.setattr(steps, "probability_gap", lambda *a: next(gaps))
+    else:
+        monkeypatch.setattr(loop, "discriminator_confidence", lambda *a: next(gaps))
+    overrides = [
+        "schedule.discriminator.holdback=0.8",
+        "trainer.checkpoint.best_metric=null",
+        f"trainer.fused_gan_step={str(fused).lower()}",
+    ]
     result = train(compose_config("train", tiny_overrides + overrides), tmp_path / "run")
     last = result["run_dir"] / "checkpoints" / "step-00000006"
     assert adam_steps(last / "optimizer_1.bin") == [2]  # 4 adversarial steps, 2 held back
@@ -155,6 +164,107 @@ def test_discriminator_confidence_is_the_probability_gap():
     hr, sr = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
     gap = discriminator_confidence(Accelerator(cpu=True), Brightness(), hr, sr)
     assert gap == pytest.approx(torch.sigmoid(torch.tensor(10.0)).item() - torch.sigmoid(torch.tensor(-10.0)).item())
+
+
+# -- fused GAN step ------------------------------------------------------------------------------
+
+
+def _tiny_gan(seed: int = 0):
+    from srgan.models.discriminators import SRGANDiscriminator
+
+    torch.manual_seed(seed)
+    g = RCABGenerator(3, 3, 2, n_channels=8, n_blocks=2, reduction=4)
+    d = SRGANDiscriminator(3, base_channels=8, n_stages=2, head_features=16)
+    return g, d
+
+
+@pytest.mark.parametrize(
+    "adversarial",
+    [
+        {"gan_type": "vanilla"},
+        {"gan_type": "ragan"},
+        {"gan_type": "wgan_gp"},
+        {"gan_type": "hinge", "r1_weight": 2.0},
+    ],
+    ids=["vanilla", "ragan", "wgan_gp", "hinge_r1"],
+)
+def test_fused_gan_step_updates_both_networks_as_the_separate_steps(adversarial):
+    import copy
+
+    from accelerate import Accelerator
+
+    from srgan.engine.steps import discriminator_step, gan_step, generator_step
+    from srgan.losses import CompositeLoss, GANLoss, L1Loss
+
+    accelerator = Accelerator(cpu=True)
+    loss = CompositeLoss({"l1": 1.0, "adversarial": 0.1}, {"l1": L1Loss()}, GANLoss(**adversarial))
+    torch.manual_seed(1)
+    batch = {"lr": torch.rand(2, 3, 8, 8), "hr": torch.rand(2, 3, 16, 16)}
+    g1, d1 = _tiny_gan()
+    g2, d2 = copy.deepcopy(g1), copy.deepcopy(d1)
+
+    def sgd(m):
+        # Not Adam: its first steps are sign(grad) x lr, so a parameter whose gradient is pure float
+        # noise (RaGAN's loss is blind to D's last bias) would move by a full step either way.
+        return torch.optim.SGD(m.parameters(), lr=0.5, momentum=0.9)
+
+    og1, od1, og2, od2 = sgd(g1), sgd(d1), sgd(g2), sgd(d2)
+    for _ in range(3):  # later steps start from moved weights and filled momentum
+        torch.manual_seed(2)  # the WGAN-GP interpolation draw
+        sr, g_stats, g_ok = generator_step(accelerator, g1, d1, loss, og1, batch, 0.1)
+        d_stats, d_ok = discriminator_step(accelerator, d1, loss, od1, batch["hr"], sr)
+        torch.manual_seed(2)
+        fused = gan_step(accelerator, g2, d2, loss, og2, od2, batch, 0.1)
+        assert g_ok and d_ok and fused.g_stepped and fused.d_trained and fused.d_stepped
+        # D sees real and SR in one batch of 4 in discriminator_step and in two of 2 here: float rounding.
+        close = {"rtol": 1e-4, "atol": 1e-6}
+        torch.testing.assert_close(fused.sr, sr, **close)
+        for key in ("g_total", "g_adversarial", "g_grad_norm"):
+            torch.testing.assert_close(fused.stats[key], g_stats[key], **close)
+        for key, value in d_stats.items():
+            torch.testing.assert_close(fused.stats[key], value, **close)
+    for a, b in zip([*g1.parameters(), *d1.parameters()], [*g2.parameters(), *d2.parameters()]):
+        torch.testing.assert_close(a, b, **close)
+    # Both networks moved (the comparison is not between two untouched copies).
+    g0, d0 = _tiny_gan()
+    assert not torch.equal(next(g0.parameters()), next(g2.parameters()))
+    assert not torch.equal(next(d0.parameters()), next(d2.parameters()))
+
+
+def test_fused_gan_step_holdback_and_train_d_leave_the_discriminator_alone():
+    from accelerate import Accelerator
+
+    from srgan.engine.steps import gan_step
+    from srgan.losses import CompositeLoss, GANLoss, L1Loss
+
+    accelerator = Accelerator(cpu=True)
+    loss = CompositeLoss({"l1": 1.0, "adversarial": 0.1}, {"l1": L1Loss()}, GANLoss())
+    batch = {"lr": torch.rand(2, 3, 8, 8), "hr": torch.rand(2, 3, 16, 16)}
+    g, d = _tiny_gan()
+    before = [p.detach().clone() for p in d.parameters()]
+    og, od = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    held = gan_step(accelerator, g, d, loss, og, od, batch, 0.1, holdback=-2.0)  # every gap exceeds -2
+    skipped = gan_step(accelerator, g, d, loss, og, od, batch, 0.1, train_d=False)
+    for result in (held, skipped):
+        assert result.g_stepped and not result.d_trained and not result.d_stepped
+        assert "d_loss" not in result.stats and "d_real_prob" in result.stats
+    assert all(torch.equal(a, b) for a, b in zip(before, d.parameters()))
+    assert all(p.grad is None for p in d.parameters())
+    kept = gan_step(accelerator, g, d, loss, og, od, batch, 0.1, holdback=2.0)
+    assert kept.d_trained and kept.d_stepped
+    assert not torch.equal(before[0], next(d.parameters()))
+
+
+def test_fused_gan_step_setting_follows_the_discriminator():
+    from srgan.models.discriminators import ESRGANDiscriminator, SRGANDiscriminator
+    from srgan.train import fused_gan_step
+
+    assert fused_gan_step("auto", SRGANDiscriminator(3, base_channels=8, n_stages=2))
+    assert not fused_gan_step("auto", ESRGANDiscriminator(3, base_channels=8, n_stages=2, norm="batch"))
+    assert fused_gan_step(True, ESRGANDiscriminator(3, base_channels=8, n_stages=2, norm="batch"))
+    assert not fused_gan_step(False, SRGANDiscriminator(3, base_channels=8, n_stages=2))
+    with pytest.raises(ConfigError, match="trainer.fused_gan_step"):
+        validate_training_config(compose_config("train", ["trainer.fused_gan_step=sometimes"]))
 
 
 # -- gradient accumulation -----------------------------------------------------------------------

@@ -73,6 +73,7 @@ class TrainerConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     compile: bool = False
     channels_last: bool = False
+    fused_gan_step: Any = "auto"
     num_workers: int = 0
     cpu: bool = False
     num_threads: int | None = None
@@ -86,6 +87,8 @@ class TrainerConfig:
         for key in ("max_steps", "batch_size", "val_batch_size", "grad_accumulation", "max_nonfinite"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+        if self.fused_gan_step not in (True, False, "auto"):
+            raise ConfigError(f"trainer.fused_gan_step must be true, false or auto, got {self.fused_gan_step!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"trainer.grad_clip must be > 0 or null, got {self.grad_clip}")
         _positive(

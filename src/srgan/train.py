@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.utils.data import DataLoader
 
 from srgan.config import CONF_DIR, ConfigError, validate_training_config
@@ -65,6 +66,20 @@ def _sweep_run_name() -> str | None:
     if not (sweep_tags() and HydraConfig.initialized()):
         return None
     return job_name(_overrides())
+
+
+def fused_gan_step(setting: Any, discriminator: nn.Module) -> bool:
+    """``trainer.fused_gan_step``: true, false, or auto (on unless D has batch norm).
+
+    The fused step (``engine.steps.gan_step``) gives the same gradients as the separate G and D
+    steps, except that a batch-norm discriminator in train mode would normalise G's pass over real
+    and SR images together instead of SR alone; ``auto`` keeps the separate steps for such a D.
+    """
+    if setting == "auto":
+        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules())
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"trainer.fused_gan_step must be true, false or auto, got {setting!r}")
 
 
 def build_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any, Any, Any]:
@@ -278,6 +293,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         trainer.max_nonfinite,
         trainer.channels_last,
         trainer.progress,
+        fused_gan_step(trainer.fused_gan_step, accelerator.unwrap_model(discriminator)),
     )
     checkpoints = CheckpointManager(
         accelerator,

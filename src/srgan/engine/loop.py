@@ -21,7 +21,7 @@ from srgan.engine.checkpoint import CheckpointManager, find_checkpoint
 from srgan.engine.ema import EMA
 from srgan.engine.health import GANHealth
 from srgan.engine.schedules import AdversarialRamp, DiscriminatorSchedule, LRSchedule
-from srgan.engine.steps import discriminator_confidence, discriminator_step, generator_step
+from srgan.engine.steps import discriminator_confidence, discriminator_step, gan_step, generator_step
 from srgan.losses.composite import CompositeLoss
 from srgan.tracking import MlflowTracker
 
@@ -68,6 +68,8 @@ class Cadence:
     max_nonfinite: int = 10
     channels_last: bool = False
     progress: bool = True
+    # One D forward pass for both updates when D trains on the generator step's batch (steps.gan_step).
+    fused_gan_step: bool = True
 
 
 @dataclass
@@ -176,29 +178,49 @@ def fit(
         batch = next_batch()
         adversarial_weight = p.loss.adversarial_weight * p.ramp(step)
         with accelerator.accumulate(p.generator, p.discriminator):
-            sr, stats, g_ok = generator_step(
-                accelerator,
-                p.generator,
-                d_module,
-                p.loss,
-                p.optimizer_g,
-                batch,
-                adversarial_weight,
-                cadence.grad_clip,
-            )
             if micro == 0:
                 # Decided once per generator step, identically on every process.
                 d_active = adversarial and p.d_schedule.due(step, p.ramp.pretrain_steps)
-                if d_active and p.d_schedule.holdback is not None:
+                holdback = p.d_schedule.holdback
+            if d_active and cadence.fused_gan_step:
+                result = gan_step(
+                    accelerator,
+                    p.generator,
+                    p.discriminator,
+                    p.loss,
+                    p.optimizer_g,
+                    p.optimizer_d,
+                    batch,
+                    adversarial_weight,
+                    cadence.grad_clip,
+                    holdback=holdback if micro == 0 else None,
+                    train_d=d_active,
+                )
+                stats, g_ok, d_ok = result.stats, result.g_stepped, result.d_stepped
+                if micro == 0 and holdback is not None and not result.d_trained:
+                    d_active = False
+                    counts["d_held_back"] += 1
+            else:
+                sr, stats, g_ok = generator_step(
+                    accelerator,
+                    p.generator,
+                    d_module,
+                    p.loss,
+                    p.optimizer_g,
+                    batch,
+                    adversarial_weight,
+                    cadence.grad_clip,
+                )
+                if micro == 0 and d_active and holdback is not None:
                     gap = discriminator_confidence(accelerator, d_module, batch["hr"], sr)
-                    if gap > p.d_schedule.holdback:
+                    if gap > holdback:
                         d_active = False
                         counts["d_held_back"] += 1
-            if d_active:
-                d_stats, d_ok = discriminator_step(
-                    accelerator, p.discriminator, p.loss, p.optimizer_d, batch["hr"], sr, cadence.grad_clip
-                )
-                stats.update(d_stats)
+                if d_active:
+                    d_stats, d_ok = discriminator_step(
+                        accelerator, p.discriminator, p.loss, p.optimizer_d, batch["hr"], sr, cadence.grad_clip
+                    )
+                    stats.update(d_stats)
         if g_ok:  # a skipped step's (non-finite) losses would poison the logged means
             record(stats)
         if not accelerator.sync_gradients:

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
+from srgan.losses.adversarial import GANLoss
 from srgan.losses.composite import CompositeLoss
 
 
-def _apply(
+def _finish(
     accelerator: Accelerator,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss: torch.Tensor,
     grad_clip: float | None,
 ) -> tuple[bool, torch.Tensor | None]:
-    """Backward, then (when gradients are synced) check, clip and step; returns (stepped, grad norm).
+    """After the backward pass: (when gradients are synced) check, clip and step; returns (stepped, grad norm).
 
     A non-finite loss or gradient on any process skips the optimizer step everywhere, so the
     processes stay identical. The check is one scalar read per step; the gradient norm comes
     from the clipping call (an infinite threshold only measures). Under gradient accumulation
     the gradients are complete only on the syncing micro-step, so nothing is checked before it.
     """
-    accelerator.backward(loss)
     if not accelerator.sync_gradients:
         return True, None
     norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
@@ -39,6 +40,18 @@ def _apply(
     # micro-step, which must not wipe the micro-batches accumulated before it.
     optimizer.zero_grad(set_to_none=True)
     return stepped, norm.detach()
+
+
+def _apply(
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    grad_clip: float | None,
+) -> tuple[bool, torch.Tensor | None]:
+    """Backward, then :func:`_finish`."""
+    accelerator.backward(loss)
+    return _finish(accelerator, model, optimizer, loss, grad_clip)
 
 
 def generator_step(
@@ -79,6 +92,42 @@ def generator_step(
     return sr.detach(), stats, stepped
 
 
+def _discriminator_inputs(
+    adversarial: GANLoss, hr: torch.Tensor, fake: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Real HR (requiring grad for R1) and, for WGAN-GP, interpolates between it and detached ``fake``."""
+    real = hr.detach().requires_grad_(adversarial.r1_weight > 0)
+    interp = None
+    if adversarial.gp_weight > 0:
+        alpha = torch.rand(hr.shape[0], 1, 1, 1, device=hr.device, dtype=hr.dtype)
+        interp = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    return real, interp
+
+
+def _discriminator_losses(
+    adversarial: GANLoss,
+    real_logits: torch.Tensor,
+    fake_logits: torch.Tensor,
+    interp_logits: torch.Tensor | None,
+    real: torch.Tensor,
+    interp: torch.Tensor | None,
+    train: bool = True,
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """D's total loss (None when ``train`` is false) and its stats: losses, mean D(y) and D(G(x))."""
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    stats = {
+        "d_real_prob": torch.sigmoid(real_logits).mean().detach(),
+        "d_fake_prob": torch.sigmoid(fake_logits).mean().detach(),
+    }
+    if not train:
+        return None, stats
+    d_loss = adversarial.discriminator_loss(real_logits, fake_logits)
+    penalties = adversarial.penalties(real_logits, real, interp_logits, interp)
+    stats["d_loss"] = d_loss.detach()
+    stats.update({f"d_{k}": v.detach() for k, v in penalties.items()})
+    return d_loss + sum(penalties.values()), stats
+
+
 def discriminator_step(
     accelerator: Accelerator,
     discriminator: nn.Module,
@@ -94,42 +143,109 @@ def discriminator_step(
     WGAN-GP) interpolated images go through D in one forward pass, so DDP reduces D's gradients
     once; the R1 and gradient penalties differentiate that same pass.
     """
-    adversarial = loss.adversarial
-    n = hr.shape[0]
-    real = hr.detach().requires_grad_(adversarial.r1_weight > 0)
     fake = sr.detach()
-    inputs = [real, fake]
-    interp = None
-    if adversarial.gp_weight > 0:
-        alpha = torch.rand(n, 1, 1, 1, device=hr.device, dtype=hr.dtype)
-        interp = (alpha * real.detach() + (1 - alpha) * fake).requires_grad_(True)
-        inputs.append(interp)
+    real, interp = _discriminator_inputs(loss.adversarial, hr, fake)
+    n = hr.shape[0]
     with accelerator.autocast():
-        logits = discriminator(torch.cat(inputs))
-    chunks = logits.float().split(n)
-    real_logits, fake_logits = chunks[0], chunks[1]
-    d_loss = adversarial.discriminator_loss(real_logits, fake_logits)
-    penalties = adversarial.penalties(real_logits, real, chunks[2] if interp is not None else None, interp)
-    total = d_loss + sum(penalties.values())
+        logits = discriminator(torch.cat([real, fake] if interp is None else [real, fake, interp])).split(n)
+    total, stats = _discriminator_losses(
+        loss.adversarial, logits[0], logits[1], logits[2] if interp is not None else None, real, interp
+    )
     stepped, norm = _apply(accelerator, discriminator, optimizer, total, grad_clip)
-    stats = {
-        "d_loss": d_loss.detach(),
-        "d_real_prob": torch.sigmoid(real_logits).mean().detach(),
-        "d_fake_prob": torch.sigmoid(fake_logits).mean().detach(),
-    }
     if norm is not None:
         stats["d_grad_norm"] = norm
-    stats.update({f"d_{k}": v.detach() for k, v in penalties.items()})
     return stats, stepped
+
+
+@dataclass
+class GANStepResult:
+    """What :func:`gan_step` did: SR (detached), the stats, and which updates happened."""
+
+    sr: torch.Tensor
+    stats: dict[str, torch.Tensor]
+    g_stepped: bool
+    d_trained: bool
+    d_stepped: bool
+
+
+def gan_step(
+    accelerator: Accelerator,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    loss: CompositeLoss,
+    optimizer_g: torch.optim.Optimizer,
+    optimizer_d: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    adversarial_weight: float,
+    grad_clip: float | None = None,
+    holdback: float | None = None,
+    train_d: bool = True,
+) -> GANStepResult:
+    """The generator update and the discriminator update on one batch, sharing D's pass on SR.
+
+    :func:`generator_step` followed by :func:`discriminator_step` on the same batch runs D on SR
+    twice (for G's loss, then with real HR for D's); neither pass changes D, so the logits are the
+    same numbers. Here D runs once on real HR (with the WGAN-GP interpolates) and once on SR still
+    attached to G; D's loss is back-propagated into D's parameters only (graph kept), then G's loss
+    into G's parameters only (through the SR pass alone), and both optimizers step afterwards. The
+    gradients are those of the two-step sequence, for a discriminator without batch norm (whose
+    train-mode statistics would be taken over real HR alone instead of real and SR together).
+    ``discriminator`` is the wrapped module: DDP reduces D's gradients in D's backward pass (the two
+    passes meet in each parameter's single gradient accumulation), G's in G's.
+
+    ``holdback``: skip D's update when the mean D(y) - D(G(x)) on this batch, averaged over the
+    processes, exceeds it; ``train_d=False`` skips it outright (later micro-batches of a step whose
+    first micro-batch decided).
+    """
+    adversarial = loss.adversarial
+    hr = batch["hr"]
+    with accelerator.autocast():
+        sr = generator(batch["lr"])
+        total, stats = loss.content(sr, hr)
+        real, interp = _discriminator_inputs(adversarial, hr, sr)
+        real_logits = discriminator(real if interp is None else torch.cat([real, interp]))
+        fake_logits = discriminator(sr)
+    interp_logits = None
+    if interp is not None:
+        real_logits, interp_logits = real_logits.split(hr.shape[0])
+    if train_d and holdback is not None:
+        train_d = probability_gap(accelerator, real_logits, fake_logits) <= holdback
+    d_total, d_stats = _discriminator_losses(
+        adversarial, real_logits, fake_logits, interp_logits, real, interp, train=train_d
+    )
+    if adversarial_weight > 0:
+        g_adv = adversarial.generator_loss(fake_logits, real_logits)
+        total = total + adversarial_weight * g_adv
+        stats["g_adversarial"] = g_adv.detach()
+    stats["g_total"] = total.detach()
+    stats.update(d_stats)
+    if d_total is not None:
+        accelerator.backward(d_total, inputs=list(discriminator.parameters()), retain_graph=True)
+    accelerator.backward(total, inputs=list(generator.parameters()))
+    g_ok, g_norm = _finish(accelerator, generator, optimizer_g, total, grad_clip)
+    if g_norm is not None:
+        stats["g_grad_norm"] = g_norm
+    d_ok = False
+    if d_total is not None:
+        d_ok, d_norm = _finish(accelerator, discriminator, optimizer_d, d_total, grad_clip)
+        if d_norm is not None:
+            stats["d_grad_norm"] = d_norm
+    return GANStepResult(sr.detach(), stats, g_ok, train_d, d_ok)
+
+
+def probability_gap(accelerator: Accelerator, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> float:
+    """Mean D(y) - mean D(G(x)) as probabilities, averaged over processes (so all agree on holdback)."""
+    gap = torch.sigmoid(real_logits.detach().float()).mean() - torch.sigmoid(fake_logits.detach().float()).mean()
+    gap = gap.reshape(1)
+    return float(accelerator.reduce(gap, "mean")) if accelerator.num_processes > 1 else float(gap)
 
 
 @torch.no_grad()
 def discriminator_confidence(
     accelerator: Accelerator, discriminator: nn.Module, hr: torch.Tensor, sr: torch.Tensor
 ) -> float:
-    """Mean D(y) - mean D(G(x)) on this batch, averaged over processes (so all agree on holdback)."""
+    """:func:`probability_gap` of a fresh D pass on this batch (the separate-step path's holdback test)."""
     with accelerator.autocast():
-        logits = discriminator(torch.cat([hr, sr])).float()
-    real, fake = torch.sigmoid(logits).split(hr.shape[0])
-    gap = (real.mean() - fake.mean()).reshape(1)
-    return float(accelerator.reduce(gap, "mean")) if accelerator.num_processes > 1 else float(gap)
+        logits = discriminator(torch.cat([hr, sr]))
+    real, fake = logits.split(hr.shape[0])
+    return probability_gap(accelerator, real, fake)
