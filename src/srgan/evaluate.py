@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from omegaconf import DictConfig
 from srgan.config import CONF_DIR
 from srgan.data.normalization import LinearScale
 from srgan.devices import pick_device
+from srgan.downstream import ThematicAgreement, index_errors
 from srgan.engine.checkpoint import ExportedModel, load_model
 from srgan.fidelity import clean_degradation, consistency, correctness, ergas, match_histograms, synthesis
 from srgan.infer import resolve_model
@@ -36,6 +38,7 @@ from srgan.metrics import SRMetrics
 from srgan.models.blocks import upsample_image
 from srgan.tiling import tiled_super_resolve
 from srgan.tracking import MlflowTracker
+from srgan.uncertainty import Calibration, SampleSpread, build_sampler, reliability_plot
 
 BASELINES = ("bicubic", "nearest")
 METHODS = ("sr", *BASELINES)
@@ -98,9 +101,13 @@ def evaluate_regions(
     device: torch.device,
     lpips_net: str | None = "alex",
     histogram_match: bool = False,
+    sampler: SampleSpread | None = None,
+    clusters: int = 6,
 ) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
     """Metrics of the model and of each baseline over normalised LR/HR pairs; also the first
-    region's predictions in physical units (for figures)."""
+    region's predictions in physical units (for figures). With a ``sampler``, ``first`` also holds
+    ``uncertainty``: its calibration against HR, the reliability curve and the time per area of a
+    single pass and of the sampled pass."""
     phys = physical_units(data.normalization, data.dtype)
 
     def to_physical(x: torch.Tensor) -> torch.Tensor:
@@ -111,22 +118,42 @@ def evaluate_regions(
     weighted: dict[str, dict[str, list[tuple[float, float]]]] = {m: defaultdict(list) for m in METHODS}
     lpips = _Lpips(lpips_net, device) if lpips_net else None
     degrade = clean_degradation(getattr(data, "degradation", model.scale))
-    first: dict[str, torch.Tensor] = {}
+    first: dict[str, Any] = {}
+    calibration = Calibration() if sampler is not None else None
+    timing = {"single_pass_s": 0.0, "sampled_s": 0.0}
     for lr_n, hr_n in regions:
         lr_b = lr_n[None].to(device)
+        started = time.perf_counter()
+        sr_n = tiled_super_resolve(model.generator.to(device), lr_n, model.scale, tile, overlap, batch_size, device)
+        timing["single_pass_s"] += time.perf_counter() - started
         predictions = {
-            "sr": tiled_super_resolve(model.generator.to(device), lr_n, model.scale, tile, overlap, batch_size, device),
+            "sr": sr_n,
             "bicubic": upsample_image(lr_b, model.scale, "bicubic")[0],
             "nearest": torch.nn.functional.interpolate(lr_b, scale_factor=model.scale, mode="nearest")[0],
         }
         lr, hr = to_physical(lr_n), to_physical(hr_n)
         pixels = float(hr.shape[-2] * hr.shape[-1])
+        crop = (slice(None), slice(border, hr.shape[-2] - border), slice(border, hr.shape[-1] - border))
+        thematic = ThematicAgreement(hr[crop], names, k=clusters)
+        if not first:
+            first.update(lr=lr, hr=hr)
+        if sampler is not None:
+            started = time.perf_counter()
+            bands = lr_n.shape[0]
+            spread_n = tiled_super_resolve(
+                sampler.to(device), lr_n, model.scale, tile, overlap, batch_size, device, out_channels=2 * bands
+            )
+            timing["sampled_s"] += time.perf_counter() - started
+            mean = to_physical(spread_n[:bands])
+            # the physical map is affine per band: a spread scales by its slope
+            std = (to_physical(spread_n[bands:]) - to_physical(torch.zeros_like(spread_n[bands:]))).abs()
+            calibration.update(mean[crop], std[crop], hr[crop])
+            first.setdefault("sr_std", std)
         for method, pred_n in predictions.items():
             pred = to_physical(pred_n)
             if histogram_match and method == "sr":  # as srgan-infer histogram_match=true would write it
                 pred = match_histograms(pred, lr)
             pooled[method].update(pred[None], hr[None])
-            crop = (slice(None), slice(border, hr.shape[-2] - border), slice(border, hr.shape[-1] - border))
             values: dict[str, float] = {}
             total, per_band = ergas(pred[crop], hr[crop], model.scale)
             values["ergas"] = total
@@ -135,6 +162,8 @@ def evaluate_regions(
                 per_band = lpips(pred[crop], hr[crop])
                 values["lpips"] = float(np.mean(per_band))
                 values.update({f"lpips_{n}": v for n, v in zip(names, per_band)})
+            values.update(index_errors(pred[crop], hr[crop], names))
+            values.update(thematic.compare(pred[crop]))
             values.update(consistency(pred, lr, degrade, border))
             values.update(synthesis(pred, lr, hr, model.scale, border))
             shares = correctness(pred, lr, hr, model.scale, border)
@@ -143,8 +172,6 @@ def evaluate_regions(
                 weighted[method][key].append((value, pixels))
             for key, value in shares.items():
                 weighted[method][key].append((value, counted))
-            if not first:
-                first = {"lr": lr, "hr": hr}
             first.setdefault(method, pred)
     results = {}
     for method in METHODS:
@@ -153,6 +180,15 @@ def evaluate_regions(
             finite = [(v, w) for v, w in pairs if math.isfinite(v) and w > 0]
             out[key] = float(np.average([v for v, _ in finite], weights=[w for _, w in finite])) if finite else math.nan
         results[method] = out
+    if calibration is not None:
+        first["uncertainty"] = {
+            "method": "noise" if sampler.noise_seeds is not None else "ensemble",
+            "samples": sampler.samples,
+            **calibration.compute(),
+            **timing,
+            "cost_factor": timing["sampled_s"] / max(timing["single_pass_s"], 1e-9),
+            "reliability": calibration.reliability(),
+        }
     return results, first
 
 
@@ -230,7 +266,9 @@ def default_output(model_dir: Path) -> Path:
     return (run_dir if (run_dir / "resolved_config.yaml").is_file() else model_dir) / "eval.json"
 
 
-def _log_to_mlflow(cfg: DictConfig, model: ExportedModel, results: dict, files: list[Path]) -> None:
+def _log_to_mlflow(
+    cfg: DictConfig, model: ExportedModel, results: dict, files: list[Path], extra: dict[str, float] | None = None
+) -> None:
     source = model.config.get("source", {})
     tracker = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment_name, run_name=f"eval-{model.directory.name}")
     attached = bool(source.get("mlflow_run_id")) and tracker.attach(source["mlflow_run_id"])
@@ -240,6 +278,7 @@ def _log_to_mlflow(cfg: DictConfig, model: ExportedModel, results: dict, files: 
         else tracker.start({"model": str(model.directory), "dataset": cfg.dataset.name, "split": cfg.split})
     )
     finite = {f"{cfg.split}/{m}/{k}": v for m, r in results.items() for k, v in r.items() if math.isfinite(v)}
+    finite.update({f"{cfg.split}/{k}": v for k, v in (extra or {}).items() if math.isfinite(v)})
     tracker.log_metrics(finite, step=int(source.get("step") or 0))
     for file in files:
         tracker.log_artifact(file, "evaluation")
@@ -261,6 +300,15 @@ def main(cfg: DictConfig) -> None:
         if getattr(data, "lr_normalization", None) is data.normalization:
             data.lr_normalization = model.normalization
         data.normalization = model.normalization
+    u = cfg.uncertainty
+    sampler = build_sampler(
+        model,
+        u.method,
+        u.samples or 0,
+        u.seed,
+        list(u.members),
+        lambda m: load_model(resolve_model(m, cfg.tracking.uri)),
+    )
     regions = data.regions(cfg.split)
     results, first = evaluate_regions(
         model,
@@ -273,6 +321,8 @@ def main(cfg: DictConfig) -> None:
         device,
         cfg.lpips,
         cfg.histogram_match,
+        sampler,
+        cfg.clusters,
     )
     size = " + ".join(f"{r.hr.shape[-2]}x{r.hr.shape[-1]}" for r in regions)
     print(
@@ -280,6 +330,15 @@ def main(cfg: DictConfig) -> None:
         f"values in {physical_units(data.normalization, data.dtype)!r} units, PSNR pooled, SAM in degrees\n"
     )
     print(format_table(results))
+    uncertainty = first.get("uncertainty")
+    if uncertainty:
+        print(
+            f"\nuncertainty ({uncertainty['method']}, {uncertainty['samples']} samples): HR inside mean +- std "
+            f"{uncertainty['coverage_68']:.1%} (nominal 68.3 %), inside +- 1.96 std {uncertainty['coverage_95']:.1%} "
+            f"(nominal 95 %); corr(spread, |error|) {uncertainty['spread_error_corr']:.3f}; RMS spread / RMSE "
+            f"{uncertainty['spread_rmse_ratio']:.3f}; {uncertainty['sampled_s']:.1f} s against "
+            f"{uncertainty['single_pass_s']:.1f} s for one pass ({uncertainty['cost_factor']:.1f}x)"
+        )
     output = Path(cfg.output) if cfg.output else default_output(model.directory)
     report = {
         "model": str(model.directory),
@@ -293,14 +352,21 @@ def main(cfg: DictConfig) -> None:
         "results": results,
         "gain_over_bicubic": {k: v - results["bicubic"][k] for k, v in results["sr"].items()},
     }
+    if uncertainty:
+        report["uncertainty"] = uncertainty
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     files = [output]
     if cfg.figure:
         files.append(figure(first, results, data.rgb_indices, data.band_names, output.with_suffix(".png")))
+        if uncertainty:
+            title = f"{uncertainty['method']}, {uncertainty['samples']} samples, {data.name} {cfg.split}"
+            plot = output.with_name(output.stem + "_reliability.png")
+            files.append(reliability_plot({"SR": uncertainty["reliability"]}, plot, title))
     print(f"\nwritten to {', '.join(str(f) for f in files)}")
     if cfg.log_to_mlflow:
-        _log_to_mlflow(cfg, model, results, files)
+        extra = {f"uncertainty/{k}": float(v) for k, v in (uncertainty or {}).items() if isinstance(v, (int, float))}
+        _log_to_mlflow(cfg, model, results, files, extra)
 
 
 if __name__ == "__main__":
