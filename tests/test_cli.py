@@ -123,6 +123,9 @@ def test_uncertainty_in_eval_and_infer(trained_run):
     assert report["samples"] == 2 and 0 <= report["coverage_68"] <= report["coverage_95"] <= 1
     assert math.isfinite(report["spread_error_corr"]) and report["cost_factor"] > 0
     assert [p for p, _ in report["reliability"]][-2:] == [0.95, 0.99]
+    # The spread factor was fitted on the validation split and applied to the test split.
+    assert "spread scale fitted on the val split" in out.stdout and report["std_scale"] > 0
+    assert 0 <= report["recalibrated_coverage_68"] <= 1 and len(report["recalibrated_reliability"]) == 11
     assert (tmp / "u_reliability.png").stat().st_size > 5_000
     client = MlflowClient(uri)
     (run_info,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
@@ -144,6 +147,16 @@ def test_uncertainty_in_eval_and_infer(trained_run):
     np.testing.assert_allclose(mean, (a + b) / 2, atol=1.01)
     np.testing.assert_allclose(std, np.abs(a - b) / np.sqrt(2), atol=1.0)
     assert std.mean() > 1
+    run(
+        "srgan.infer",
+        f"model={tmp}/run",
+        f"input={tmp}/u_lr.tif",
+        f"output={tmp}/x2.tif",
+        *common,
+        "uncertainty.std_scale=2",
+    )
+    with rasterio.open(tmp / "x2_std.tif") as sd:
+        np.testing.assert_allclose(sd.read(), 2 * std, rtol=1e-5, atol=1e-3)
     # The std file is not overwritten silently, and nothing is written then.
     failed = run(
         "srgan.infer",

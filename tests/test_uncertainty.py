@@ -10,7 +10,7 @@ from torch import nn
 
 from srgan.downstream import ThematicAgreement, available_indices, index_errors, kmeans, normalized_difference
 from srgan.models.generators import RCABGenerator, StochasticGenerator
-from srgan.uncertainty import Calibration, SampleSpread, noise_sampler, z_for
+from srgan.uncertainty import Calibration, SampleSpread, interval_scale, noise_sampler, z_for
 
 
 def gaussian_case(sigma_pred: float, n: int = 400_000, seed: int = 0):
@@ -52,6 +52,24 @@ def test_overconfident_and_underconfident_spreads_are_seen():
     assert u["coverage_95"] == pytest.approx(0.99991, abs=0.0005)
     assert o["spread_rmse_ratio"] == pytest.approx(0.5, abs=0.01)
     assert u["spread_rmse_ratio"] == pytest.approx(2.0, abs=0.02)
+
+
+def test_interval_scale_recovers_the_missing_factor():
+    mean, std, target = gaussian_case(0.25)  # claims a quarter of the true spread
+    err = (target - mean).abs()
+    assert interval_scale(err, std) == pytest.approx(4.0, rel=0.01)
+    assert interval_scale(err, std, level=0.95) == pytest.approx(4.0, rel=0.01)
+    cal = Calibration()
+    cal.update(mean, std * interval_scale(err, std), target)
+    assert cal.compute()["coverage_68"] == pytest.approx(0.6827, abs=0.002)
+    # Heavy tails (Laplace errors): matching the 68 % level is not matching the RMS.
+    g = torch.Generator().manual_seed(2)
+    u = torch.rand(400_000, generator=g) - 0.5
+    laplace = -torch.sign(u) * torch.log1p(-2 * u.abs())
+    factor = interval_scale(laplace.abs(), torch.ones_like(laplace))
+    assert factor == pytest.approx(-math.log(1 - 0.6827), rel=0.02)  # P(|L| <= t) = 1 - exp(-t)
+    with pytest.raises(ValueError, match="no pixel"):
+        interval_scale(torch.zeros(3), torch.zeros(3))
 
 
 def test_spread_error_correlation_follows_heteroscedastic_noise():

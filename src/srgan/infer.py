@@ -73,12 +73,13 @@ def super_resolve_file(
     channels_last: bool = True,
     sampler: SampleSpread | None = None,
     std_path: str | Path | None = None,
+    std_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Stream ``input_path`` through the model into ``output_path``; returns the path and timing.
 
     With a ``sampler`` (:mod:`srgan.uncertainty`) the output holds the per-pixel sample mean and
     ``std_path`` (default ``<output>_std.tif``) the per-band standard deviation in the output's units
-    (float32, NaN where the input has no data).
+    times ``std_scale`` (float32, NaN where the input has no data).
 
     GDAL's block cache (by default 5 % of the RAM) would otherwise hold written blocks and grow
     with the scene: it is capped at ``gdal_cache_mb``."""
@@ -206,7 +207,7 @@ def super_resolve_file(
                             if std_dst is not None:
                                 out, spread = out[:bands], out[bands:]
                                 std_dst.write(
-                                    _spread_to_output(spread, mask_rows[:n], model),
+                                    _spread_to_output(spread * std_scale, mask_rows[:n], model),
                                     window=Window(0, base, width * s, n),
                                 )
                             if histogram_match:
@@ -223,6 +224,7 @@ def super_resolve_file(
                         std_dst.update_tags(
                             uncertainty_method="noise" if sampler.noise_seeds is not None else "ensemble",
                             uncertainty_samples=str(sampler.samples),
+                            uncertainty_std_scale=str(std_scale),
                         )
                 bar.close()
                 seconds = time.perf_counter() - started
@@ -320,6 +322,7 @@ def main(cfg: DictConfig) -> None:
         channels_last=cfg.channels_last,
         sampler=sampler,
         std_path=cfg.get("std_output"),
+        std_scale=float(u.get("std_scale", 1.0)),
     )
     spread = f", per-band std -> {result['std_output']} ({sampler.samples} samples)" if sampler else ""
     print(

@@ -134,6 +134,21 @@ def build_sampler(
     return ensemble_sampler(model, [load(m) for m in members])
 
 
+def interval_scale(
+    abs_error: torch.Tensor, std: torch.Tensor, level: float = 0.6827, max_points: int = 2_000_000
+) -> float:
+    """The factor f that puts a share ``level`` of the values inside mean +- f z(level) std: the
+    ``level`` quantile of |error| / (z std) (pixels without spread or without a finite ratio left out;
+    at most ``max_points`` of them, drawn with a fixed seed)."""
+    ratio = (abs_error.double() / (z_for(level) * std.double())).flatten()
+    ratio = ratio[torch.isfinite(ratio)]
+    if ratio.numel() == 0:
+        raise ValueError("no pixel has a finite error / spread ratio: no scale factor can be fitted")
+    if ratio.numel() > max_points:
+        ratio = ratio[torch.randperm(ratio.numel(), generator=torch.Generator().manual_seed(0))[:max_points]]
+    return float(torch.quantile(ratio, level))
+
+
 class Calibration:
     """Accumulates predicted mean / std against the truth over any number of areas (all in the same
     units, shape ``(bands, H, W)``); :meth:`compute` gives the coverage, correlation and spread ratio."""
