@@ -166,6 +166,8 @@ def test_index_values_and_errors():
     ndvi = normalized_difference(image, 3, 0)
     torch.testing.assert_close(ndvi, torch.full((2, 2), 0.4 / 0.6))
     assert torch.isnan(normalized_difference(torch.zeros(2, 1, 1), 0, 1)).all()  # no signal: undefined
+    # A slightly negative value (SR overshoot on a dark pixel) is 0, as in the unsigned output file.
+    assert float(normalized_difference(torch.tensor([[[0.02]], [[-0.019]]]), 0, 1)) == 1.0
     shifted = image.clone()
     shifted[3] = 0.3
     errors = index_errors(shifted, image, ["B04", "B03", "B02", "B08"])

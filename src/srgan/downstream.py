@@ -52,8 +52,10 @@ def available_indices(band_names: Sequence[str]) -> dict[str, tuple[int, int]]:
 
 def normalized_difference(image: torch.Tensor, a: int, b: int, eps: float = 1e-6) -> torch.Tensor:
     """(band a - band b) / (band a + band b) of a ``(bands, H, W)`` image in physical units
-    (NaN where the sum is not positive, e.g. nodata)."""
-    x, y = image[a].double(), image[b].double()
+    (NaN where the sum is not positive, e.g. nodata). Negative values are taken as 0, as in the
+    unsigned GeoTIFF that ``srgan-infer`` writes: a slightly negative SR value would otherwise
+    send the index far outside [-1, 1]."""
+    x, y = image[a].double().clamp_min(0), image[b].double().clamp_min(0)
     total = x + y
     return torch.where(total > eps, (x - y) / total.clamp_min(eps), torch.full_like(total, math.nan)).float()
 
