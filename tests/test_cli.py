@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import write_geotiff
@@ -69,7 +70,9 @@ def test_eval_cli_writes_metrics_and_logs_them_to_the_run(trained_run):
     expected = {"lpips", "ergas", "synthesis_l1", "synthesis_ratio", "improvement", "omission", "hallucination"}
     expected |= {"consistency_reflectance_l1", "consistency_spectral_sam_deg", "consistency_spatial_shift_px"}
     expected |= {f"{m}_{b}" for m in ("ssim", "lpips", "ergas") for b in bands}
+    expected |= {"ndvi_mae", "ndvi_rmse", "ndwi_mae", "ndwi_rmse", "kmeans6_agreement", "water_agreement", "water_iou"}
     assert expected <= set(sr)
+    assert 0 < sr["kmeans6_agreement"] <= 1 and 0 <= sr["ndvi_mae"] < 0.5
     assert sr["improvement"] + sr["omission"] + sr["hallucination"] == pytest.approx(1.0)
     assert report["results"]["bicubic"]["synthesis_l1"] < 1e-6  # bicubic adds nothing over bicubic
     assert (tmp / "run" / "eval.png").stat().st_size > 10_000
@@ -91,6 +94,85 @@ def test_eval_cli_writes_metrics_and_logs_them_to_the_run(trained_run):
     )
     by_uri = json.loads((tmp / "by_uri.json").read_text())
     assert by_uri["results"]["sr"]["psnr"] == pytest.approx(sr["psnr"], abs=1e-9)
+
+
+def _second_member(tmp: Path) -> Path:
+    """The trained model with perturbed weights, exported as another ensemble member."""
+    import yaml
+
+    from srgan.engine.checkpoint import export_model, load_model
+
+    model = load_model(tmp / "run")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.generator.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    card = yaml.safe_load((tmp / "run" / "model" / "config.yaml").read_text())
+    return export_model(model.generator, card, tmp / "member")
+
+
+def test_uncertainty_in_eval_and_infer(trained_run):
+    tmp, uri = trained_run
+    member = _second_member(tmp)
+    common = ["uncertainty=ensemble", f"uncertainty.members=[{member}]"]
+    out = run(
+        "srgan.evaluate", f"model={tmp}/run", *common, f"tracking.uri={uri}", f"output={tmp}/u.json", "lpips=null"
+    )
+    assert "uncertainty (ensemble, 2 samples)" in out.stdout
+    report = json.loads((tmp / "u.json").read_text())["uncertainty"]
+    assert report["samples"] == 2 and 0 <= report["coverage_68"] <= report["coverage_95"] <= 1
+    assert math.isfinite(report["spread_error_corr"]) and report["cost_factor"] > 0
+    assert [p for p, _ in report["reliability"]][-2:] == [0.95, 0.99]
+    # The spread factor was fitted on the validation split and applied to the test split.
+    assert "spread scale fitted on the val split" in out.stdout and report["std_scale"] > 0
+    assert 0 <= report["recalibrated_coverage_68"] <= 1 and len(report["recalibrated_reliability"]) == 11
+    assert (tmp / "u_reliability.png").stat().st_size > 5_000
+    client = MlflowClient(uri)
+    (run_info,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
+    assert run_info.data.metrics["test/uncertainty/coverage_95"] == pytest.approx(report["coverage_95"])
+    logged = {f.path for f in client.list_artifacts(run_info.info.run_id, "evaluation")}
+    assert "evaluation/u_reliability.png" in logged
+
+    run("srgan.degrade", "split=test", f"output={tmp}/u_lr.tif")
+    run("srgan.infer", f"model={tmp}/run", f"input={tmp}/u_lr.tif", f"output={tmp}/u_sr.tif", *common)
+    run("srgan.infer", f"model={tmp}/run", f"input={tmp}/u_lr.tif", f"output={tmp}/a.tif")
+    run("srgan.infer", f"model={member}", f"input={tmp}/u_lr.tif", f"output={tmp}/b.tif")
+    with rasterio.open(tmp / "u_sr.tif") as m, rasterio.open(tmp / "u_sr_std.tif") as sd:
+        mean, std = m.read().astype(float), sd.read()
+        assert sd.dtypes[0] == "float32" and sd.descriptions[0] == "B04_std" and sd.crs == m.crs
+        assert sd.transform == m.transform and sd.tags()["uncertainty_samples"] == "2"
+    with rasterio.open(tmp / "a.tif") as a, rasterio.open(tmp / "b.tif") as b:
+        a, b = a.read().astype(float), b.read().astype(float)
+    # Two members: mean (a + b) / 2 (rounded to uint16 on both sides), std |a - b| / sqrt(2).
+    np.testing.assert_allclose(mean, (a + b) / 2, atol=1.01)
+    np.testing.assert_allclose(std, np.abs(a - b) / np.sqrt(2), atol=1.0)
+    assert std.mean() > 1
+    run(
+        "srgan.infer",
+        f"model={tmp}/run",
+        f"input={tmp}/u_lr.tif",
+        f"output={tmp}/x2.tif",
+        *common,
+        "uncertainty.std_scale=2",
+    )
+    with rasterio.open(tmp / "x2_std.tif") as sd:
+        np.testing.assert_allclose(sd.read(), 2 * std, rtol=1e-5, atol=1e-3)
+    # The std file is not overwritten silently, and nothing is written then.
+    failed = run(
+        "srgan.infer",
+        f"model={tmp}/run",
+        f"input={tmp}/u_lr.tif",
+        f"output={tmp}/c.tif",
+        *common,
+        f"std_output={tmp}/u_sr_std.tif",
+        ok=False,
+    )
+    assert failed.returncode != 0 and "u_sr_std.tif exists" in failed.stderr and not (tmp / "c.tif").exists()
+    # A deterministic generator has no noise to sample: said so, naming the way out.
+    failed = run(
+        "srgan.infer", f"model={tmp}/run", f"input={tmp}/u_lr.tif", f"output={tmp}/d.tif", "uncertainty=noise", ok=False
+    )
+    assert failed.returncode != 0 and "generator=stochastic" in failed.stderr
 
 
 def test_degrade_then_infer_keeps_georeference_units_and_dtype(trained_run):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from omegaconf import DictConfig
 from srgan.config import CONF_DIR
 from srgan.data.normalization import LinearScale
 from srgan.devices import pick_device
+from srgan.downstream import ThematicAgreement, index_errors
 from srgan.engine.checkpoint import ExportedModel, load_model
 from srgan.fidelity import clean_degradation, consistency, correctness, ergas, match_histograms, synthesis
 from srgan.infer import resolve_model
@@ -36,6 +38,7 @@ from srgan.metrics import SRMetrics
 from srgan.models.blocks import upsample_image
 from srgan.tiling import tiled_super_resolve
 from srgan.tracking import MlflowTracker
+from srgan.uncertainty import Calibration, SampleSpread, build_sampler, interval_scale, reliability_plot
 
 BASELINES = ("bicubic", "nearest")
 METHODS = ("sr", *BASELINES)
@@ -98,9 +101,15 @@ def evaluate_regions(
     device: torch.device,
     lpips_net: str | None = "alex",
     histogram_match: bool = False,
+    sampler: SampleSpread | None = None,
+    clusters: int = 6,
+    std_scale: float | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
     """Metrics of the model and of each baseline over normalised LR/HR pairs; also the first
-    region's predictions in physical units (for figures)."""
+    region's predictions in physical units (for figures). With a ``sampler``, ``first`` also holds
+    ``uncertainty``: its calibration against HR, the reliability curve and the time per area of a
+    single pass and of the sampled pass; with ``std_scale`` (fitted elsewhere, e.g. on the validation
+    split) also the calibration of the spread times that factor (``recalibrated_*``)."""
     phys = physical_units(data.normalization, data.dtype)
 
     def to_physical(x: torch.Tensor) -> torch.Tensor:
@@ -111,22 +120,39 @@ def evaluate_regions(
     weighted: dict[str, dict[str, list[tuple[float, float]]]] = {m: defaultdict(list) for m in METHODS}
     lpips = _Lpips(lpips_net, device) if lpips_net else None
     degrade = clean_degradation(getattr(data, "degradation", model.scale))
-    first: dict[str, torch.Tensor] = {}
+    first: dict[str, Any] = {}
+    calibration = Calibration() if sampler is not None else None
+    recalibrated = Calibration() if sampler is not None and std_scale is not None else None
+    timing = {"single_pass_s": 0.0, "sampled_s": 0.0}
     for lr_n, hr_n in regions:
         lr_b = lr_n[None].to(device)
+        started = time.perf_counter()
+        sr_n = tiled_super_resolve(model.generator.to(device), lr_n, model.scale, tile, overlap, batch_size, device)
+        timing["single_pass_s"] += time.perf_counter() - started
         predictions = {
-            "sr": tiled_super_resolve(model.generator.to(device), lr_n, model.scale, tile, overlap, batch_size, device),
+            "sr": sr_n,
             "bicubic": upsample_image(lr_b, model.scale, "bicubic")[0],
             "nearest": torch.nn.functional.interpolate(lr_b, scale_factor=model.scale, mode="nearest")[0],
         }
         lr, hr = to_physical(lr_n), to_physical(hr_n)
         pixels = float(hr.shape[-2] * hr.shape[-1])
+        crop = (slice(None), slice(border, hr.shape[-2] - border), slice(border, hr.shape[-1] - border))
+        thematic = ThematicAgreement(hr[crop], names, k=clusters)
+        if not first:
+            first.update(lr=lr, hr=hr)
+        if sampler is not None:
+            started = time.perf_counter()
+            mean, std = sample_spread(sampler, lr_n, model.scale, tile, overlap, batch_size, device, to_physical)
+            timing["sampled_s"] += time.perf_counter() - started
+            calibration.update(mean[crop], std[crop], hr[crop])
+            if recalibrated is not None:
+                recalibrated.update(mean[crop], std[crop] * std_scale, hr[crop])
+            first.setdefault("sr_std", std)
         for method, pred_n in predictions.items():
             pred = to_physical(pred_n)
             if histogram_match and method == "sr":  # as srgan-infer histogram_match=true would write it
                 pred = match_histograms(pred, lr)
             pooled[method].update(pred[None], hr[None])
-            crop = (slice(None), slice(border, hr.shape[-2] - border), slice(border, hr.shape[-1] - border))
             values: dict[str, float] = {}
             total, per_band = ergas(pred[crop], hr[crop], model.scale)
             values["ergas"] = total
@@ -135,6 +161,8 @@ def evaluate_regions(
                 per_band = lpips(pred[crop], hr[crop])
                 values["lpips"] = float(np.mean(per_band))
                 values.update({f"lpips_{n}": v for n, v in zip(names, per_band)})
+            values.update(index_errors(pred[crop], hr[crop], names))
+            values.update(thematic.compare(pred[crop]))
             values.update(consistency(pred, lr, degrade, border))
             values.update(synthesis(pred, lr, hr, model.scale, border))
             shares = correctness(pred, lr, hr, model.scale, border)
@@ -143,8 +171,6 @@ def evaluate_regions(
                 weighted[method][key].append((value, pixels))
             for key, value in shares.items():
                 weighted[method][key].append((value, counted))
-            if not first:
-                first = {"lr": lr, "hr": hr}
             first.setdefault(method, pred)
     results = {}
     for method in METHODS:
@@ -153,7 +179,66 @@ def evaluate_regions(
             finite = [(v, w) for v, w in pairs if math.isfinite(v) and w > 0]
             out[key] = float(np.average([v for v, _ in finite], weights=[w for _, w in finite])) if finite else math.nan
         results[method] = out
+    if calibration is not None:
+        first["uncertainty"] = {
+            "method": "noise" if sampler.noise_seeds is not None else "ensemble",
+            "samples": sampler.samples,
+            **calibration.compute(),
+            **timing,
+            "cost_factor": timing["sampled_s"] / max(timing["single_pass_s"], 1e-9),
+            "reliability": calibration.reliability(),
+        }
+        if recalibrated is not None:
+            first["uncertainty"]["std_scale"] = std_scale
+            first["uncertainty"].update({f"recalibrated_{k}": v for k, v in recalibrated.compute().items()})
+            first["uncertainty"]["recalibrated_reliability"] = recalibrated.reliability()
     return results, first
+
+
+def sample_spread(
+    sampler: SampleSpread, lr_n: torch.Tensor, scale: int, tile: int, overlap: int, batch_size: int, device, to_physical
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample mean and std of one normalised LR area, in physical units (the map is affine per band,
+    so a spread scales by its slope)."""
+    bands = lr_n.shape[0]
+    out = tiled_super_resolve(
+        sampler.to(device), lr_n, scale, tile, overlap, batch_size, device, out_channels=2 * bands
+    )
+    spread = out[bands:]
+    return to_physical(out[:bands]), (to_physical(spread) - to_physical(torch.zeros_like(spread))).abs()
+
+
+def fit_std_scale(
+    sampler: SampleSpread,
+    regions: list[tuple[torch.Tensor, torch.Tensor]],
+    data: Any,
+    model: ExportedModel,
+    border: int,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    device,
+) -> tuple[float, dict[str, float]]:
+    """The factor that puts 68.27 % of HR values inside mean +- factor x std on these (held-out,
+    non-test) areas: the 68.27 % quantile of |error| / std there (matching the RMS spread to the
+    RMSE instead undershoots the central levels when errors are heavy-tailed, as SR errors are);
+    also the raw calibration there."""
+    phys = physical_units(data.normalization, data.dtype)
+
+    def to_physical(x: torch.Tensor) -> torch.Tensor:
+        return phys.normalize(data.normalization.denormalize(x.float().cpu()))
+
+    cal, errors, spreads = Calibration(), [], []
+    for lr_n, hr_n in regions:
+        mean, std = sample_spread(sampler, lr_n, model.scale, tile, overlap, batch_size, device, to_physical)
+        hr = to_physical(hr_n)
+        crop = (slice(None), slice(border, hr.shape[-2] - border), slice(border, hr.shape[-1] - border))
+        cal.update(mean[crop], std[crop], hr[crop])
+        errors.append((hr[crop] - mean[crop]).abs().flatten())
+        spreads.append(std[crop].flatten())
+    if not cal.compute()["mean_std"] > 0:
+        raise ValueError("the samples have no spread on the calibration split: no scale factor can be fitted")
+    return interval_scale(torch.cat(errors), torch.cat(spreads)), cal.compute()
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -230,7 +315,9 @@ def default_output(model_dir: Path) -> Path:
     return (run_dir if (run_dir / "resolved_config.yaml").is_file() else model_dir) / "eval.json"
 
 
-def _log_to_mlflow(cfg: DictConfig, model: ExportedModel, results: dict, files: list[Path]) -> None:
+def _log_to_mlflow(
+    cfg: DictConfig, model: ExportedModel, results: dict, files: list[Path], extra: dict[str, float] | None = None
+) -> None:
     source = model.config.get("source", {})
     tracker = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment_name, run_name=f"eval-{model.directory.name}")
     attached = bool(source.get("mlflow_run_id")) and tracker.attach(source["mlflow_run_id"])
@@ -240,6 +327,7 @@ def _log_to_mlflow(cfg: DictConfig, model: ExportedModel, results: dict, files: 
         else tracker.start({"model": str(model.directory), "dataset": cfg.dataset.name, "split": cfg.split})
     )
     finite = {f"{cfg.split}/{m}/{k}": v for m, r in results.items() for k, v in r.items() if math.isfinite(v)}
+    finite.update({f"{cfg.split}/{k}": v for k, v in (extra or {}).items() if math.isfinite(v)})
     tracker.log_metrics(finite, step=int(source.get("step") or 0))
     for file in files:
         tracker.log_artifact(file, "evaluation")
@@ -261,6 +349,35 @@ def main(cfg: DictConfig) -> None:
         if getattr(data, "lr_normalization", None) is data.normalization:
             data.lr_normalization = model.normalization
         data.normalization = model.normalization
+    u = cfg.uncertainty
+    sampler = build_sampler(
+        model,
+        u.method,
+        u.samples or 0,
+        u.seed,
+        list(u.members),
+        lambda m: load_model(resolve_model(m, cfg.tracking.uri)),
+    )
+    std_scale = None
+    if sampler is not None and u.get("calibrate_on"):
+        if u.calibrate_on == cfg.split:
+            raise ValueError(f"uncertainty.calibrate_on={u.calibrate_on} is the evaluated split: fit it on another")
+        held = data.regions(u.calibrate_on)
+        std_scale, raw = fit_std_scale(
+            sampler,
+            [(r.lr, r.hr) for r in held],
+            data,
+            model,
+            cfg.border,
+            cfg.tile,
+            cfg.overlap,
+            cfg.batch_size,
+            device,
+        )
+        print(
+            f"spread scale fitted on the {u.calibrate_on} split: x{std_scale:.3f} (raw coverage there: "
+            f"{raw['coverage_68']:.1%} at 68.3 %, {raw['coverage_95']:.1%} at 95 %)"
+        )
     regions = data.regions(cfg.split)
     results, first = evaluate_regions(
         model,
@@ -273,6 +390,9 @@ def main(cfg: DictConfig) -> None:
         device,
         cfg.lpips,
         cfg.histogram_match,
+        sampler,
+        cfg.clusters,
+        std_scale,
     )
     size = " + ".join(f"{r.hr.shape[-2]}x{r.hr.shape[-1]}" for r in regions)
     print(
@@ -280,6 +400,22 @@ def main(cfg: DictConfig) -> None:
         f"values in {physical_units(data.normalization, data.dtype)!r} units, PSNR pooled, SAM in degrees\n"
     )
     print(format_table(results))
+    uncertainty = first.get("uncertainty")
+    if uncertainty:
+        print(
+            f"\nuncertainty ({uncertainty['method']}, {uncertainty['samples']} samples): HR inside mean +- std "
+            f"{uncertainty['coverage_68']:.1%} (nominal 68.3 %), inside +- 1.96 std {uncertainty['coverage_95']:.1%} "
+            f"(nominal 95 %); corr(spread, |error|) {uncertainty['spread_error_corr']:.3f}; RMS spread / RMSE "
+            f"{uncertainty['spread_rmse_ratio']:.3f}; {uncertainty['sampled_s']:.1f} s against "
+            f"{uncertainty['single_pass_s']:.1f} s for one pass ({uncertainty['cost_factor']:.1f}x)"
+        )
+        if std_scale is not None:
+            print(
+                f"with the spread x{std_scale:.3f} (fitted on {u.calibrate_on}): inside +- std "
+                f"{uncertainty['recalibrated_coverage_68']:.1%}, inside +- 1.96 std "
+                f"{uncertainty['recalibrated_coverage_95']:.1%}; calibration error "
+                f"{uncertainty['calibration_error']:.3f} -> {uncertainty['recalibrated_calibration_error']:.3f}"
+            )
     output = Path(cfg.output) if cfg.output else default_output(model.directory)
     report = {
         "model": str(model.directory),
@@ -293,14 +429,26 @@ def main(cfg: DictConfig) -> None:
         "results": results,
         "gain_over_bicubic": {k: v - results["bicubic"][k] for k, v in results["sr"].items()},
     }
+    if uncertainty:
+        report["uncertainty"] = uncertainty
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     files = [output]
     if cfg.figure:
         files.append(figure(first, results, data.rgb_indices, data.band_names, output.with_suffix(".png")))
+        if uncertainty:
+            title = f"{uncertainty['method']}, {uncertainty['samples']} samples, {data.name} {cfg.split}"
+            plot = output.with_name(output.stem + "_reliability.png")
+            curves = {"raw spread": uncertainty["reliability"]}
+            if std_scale is not None:
+                curves[f"spread x{std_scale:.2f} (fitted on {u.calibrate_on})"] = uncertainty[
+                    "recalibrated_reliability"
+                ]
+            files.append(reliability_plot(curves, plot, title))
     print(f"\nwritten to {', '.join(str(f) for f in files)}")
     if cfg.log_to_mlflow:
-        _log_to_mlflow(cfg, model, results, files)
+        extra = {f"uncertainty/{k}": float(v) for k, v in (uncertainty or {}).items() if isinstance(v, (int, float))}
+        _log_to_mlflow(cfg, model, results, files, extra)
 
 
 if __name__ == "__main__":

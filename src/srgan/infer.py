@@ -14,6 +14,7 @@ pixels stay nodata in SR (their scale x scale blocks). The file appears only onc
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -39,6 +40,7 @@ from srgan.devices import pick_device
 from srgan.engine.checkpoint import ExportedModel, load_model
 from srgan.fidelity import quantile_maps
 from srgan.tiling import _edges, blend_window, run_tiles, tile_boxes
+from srgan.uncertainty import SampleSpread, build_sampler
 
 
 def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> Path:
@@ -69,20 +71,37 @@ def super_resolve_file(
     progress: bool = True,
     gdal_cache_mb: int = 256,
     channels_last: bool = True,
+    sampler: SampleSpread | None = None,
+    std_path: str | Path | None = None,
+    std_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Stream ``input_path`` through the model into ``output_path``; returns the path and timing.
+
+    With a ``sampler`` (:mod:`srgan.uncertainty`) the output holds the per-pixel sample mean and
+    ``std_path`` (default ``<output>_std.tif``) the per-band standard deviation in the output's units
+    times ``std_scale`` (float32, NaN where the input has no data).
 
     GDAL's block cache (by default 5 % of the RAM) would otherwise hold written blocks and grow
     with the scene: it is capped at ``gdal_cache_mb``."""
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20):
         input_path, output_path = Path(input_path), Path(output_path)
-        if output_path.exists() and not overwrite:
-            raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
+        if sampler is not None and histogram_match:
+            raise ValueError(
+                "histogram_match=true with an uncertainty method is not supported: the spread would no "
+                "longer describe the matched values"
+            )
+        std_path = (
+            (Path(std_path) if std_path else output_path.with_name(output_path.stem + "_std.tif")) if sampler else None
+        )
+        for path in (output_path, std_path):
+            if path is not None and path.exists() and not overwrite:
+                raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
         model = model_path if isinstance(model_path, ExportedModel) else load_model(model_path)
         if not input_path.is_file():
             raise RasterError(f"{input_path}: no such file")
         dev = pick_device(device)
-        generator, s = model.generator.to(dev), model.scale
+        generator = (sampler if sampler is not None else model.generator).to(dev)
+        s = model.scale
         if channels_last:
             generator.to(memory_format=torch.channels_last)
         with rasterio.open(input_path) as src:
@@ -131,9 +150,15 @@ def super_resolve_file(
                 else:
                     target, target_profile = work / "final.tif", profile
                 windows: dict[tuple, torch.Tensor] = {}
-                with rasterio.open(target, "w", **target_profile) as dst:
+                bands = len(indices)
+                std_profile = {**profile, "dtype": "float32", "nodata": float("nan"), "predictor": 3}
+                with contextlib.ExitStack() as files:
+                    dst = files.enter_context(rasterio.open(target, "w", **target_profile))
+                    std_dst = (
+                        files.enter_context(rasterio.open(work / "std.tif", "w", **std_profile)) if sampler else None
+                    )
                     # The blend buffers live on the model's device: on a GPU only finished strips travel.
-                    acc = torch.zeros(len(indices), 0, width * s, device=dev)
+                    acc = torch.zeros(bands * (2 if sampler else 1), 0, width * s, device=dev)
                     wsum = torch.zeros(1, 0, width * s, device=dev)
                     mask_rows = np.zeros((0, width * s), dtype=bool)
                     base = 0  # first HR row held in the buffers
@@ -179,6 +204,12 @@ def super_resolve_file(
                         n = final - base
                         if n > 0:
                             out = (acc[:, :n] / wsum[:, :n]).cpu().numpy()
+                            if std_dst is not None:
+                                out, spread = out[:bands], out[bands:]
+                                std_dst.write(
+                                    _spread_to_output(spread * std_scale, mask_rows[:n], model),
+                                    window=Window(0, base, width * s, n),
+                                )
                             if histogram_match:
                                 out[:, mask_rows[:n]] = np.nan
                             else:
@@ -188,6 +219,13 @@ def super_resolve_file(
                             base = final
                     if not histogram_match:
                         dst.descriptions = tuple(model.band_names)
+                    if std_dst is not None:
+                        std_dst.descriptions = tuple(f"{b}_std" for b in model.band_names)
+                        std_dst.update_tags(
+                            uncertainty_method="noise" if sampler.noise_seeds is not None else "ensemble",
+                            uncertainty_samples=str(sampler.samples),
+                            uncertainty_std_scale=str(std_scale),
+                        )
                 bar.close()
                 seconds = time.perf_counter() - started
                 if histogram_match:
@@ -197,9 +235,17 @@ def super_resolve_file(
                     rasterio.shutil.copy(work / "final.tif", work / "cog.tif", driver="COG", compress="DEFLATE")
                     os.replace(work / "cog.tif", work / "final.tif")
                 os.replace(work / "final.tif", output_path)
+                if std_path is not None:
+                    os.replace(work / "std.tif", std_path)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-        return {"output": output_path, "tiles": len(boxes), "seconds": seconds, "tiles_per_s": len(boxes) / seconds}
+        return {
+            "output": output_path,
+            "std_output": std_path,
+            "tiles": len(boxes),
+            "seconds": seconds,
+            "tiles_per_s": len(boxes) / seconds,
+        }
 
 
 def _sample_sr(stage: Path, model: ExportedModel) -> np.ndarray:
@@ -213,6 +259,15 @@ def _sample_sr(stage: Path, model: ExportedModel) -> np.ndarray:
             ok = np.isfinite(data).all(0)
             parts.append(data[:, ok][:, ::step])
     return np.concatenate(parts, axis=1)
+
+
+def _spread_to_output(spread: np.ndarray, missing: np.ndarray, model: ExportedModel) -> np.ndarray:
+    """A per-band spread in network units -> the output's units (the normalisation is affine per
+    band, so a spread scales by its slope), float32, NaN where ``missing``."""
+    zero = np.asarray(model.normalization.denormalize(np.zeros_like(spread[:, :1, :1])))
+    out = np.abs(np.asarray(model.normalization.denormalize(spread)) - zero).astype(np.float32)
+    out[:, missing] = np.nan
+    return out
 
 
 def _to_output(
@@ -240,8 +295,18 @@ def _finalise(stage: Path, target: Path, profile: dict, model: ExportedModel, ma
 
 @hydra.main(config_path=str(CONF_DIR), config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    model = load_model(resolve_model(cfg.model, cfg.get("tracking_uri")))
+    u = cfg.uncertainty
+    sampler = build_sampler(
+        model,
+        u.method,
+        u.samples or 0,
+        u.seed,
+        list(u.members),
+        lambda m: load_model(resolve_model(m, cfg.get("tracking_uri"))),
+    )
     result = super_resolve_file(
-        resolve_model(cfg.model, cfg.get("tracking_uri")),
+        model,
         cfg.input,
         cfg.output,
         list(cfg.bands) if cfg.bands else None,
@@ -255,9 +320,13 @@ def main(cfg: DictConfig) -> None:
         cfg.histogram_match,
         cfg.progress,
         channels_last=cfg.channels_last,
+        sampler=sampler,
+        std_path=cfg.get("std_output"),
+        std_scale=float(u.get("std_scale", 1.0)),
     )
+    spread = f", per-band std -> {result['std_output']} ({sampler.samples} samples)" if sampler else ""
     print(
-        f"super-resolved {cfg.input} -> {result['output']} "
+        f"super-resolved {cfg.input} -> {result['output']}{spread} "
         f"({result['tiles']} tiles in {result['seconds']:.1f} s, {result['tiles_per_s']:.1f} tiles/s)"
     )
 

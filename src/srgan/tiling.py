@@ -100,14 +100,16 @@ def tiled_super_resolve(
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     bf16: bool = False,
+    out_channels: int | None = None,
 ) -> torch.Tensor:
-    """Super-resolve ``lr`` of shape ``(bands, H, W)`` in memory, tile by tile; ``(bands, H*s, W*s)`` fp32."""
+    """Super-resolve ``lr`` of shape ``(bands, H, W)`` in memory, tile by tile; ``(bands, H*s, W*s)`` fp32
+    (``out_channels`` when the model returns another number of channels, e.g. mean and spread)."""
     if lr.dim() != 3:
         raise ValueError(f"expected (bands, H, W), got shape {tuple(lr.shape)}")
     device = torch.device(device)
     bands, height, width = lr.shape
     boxes = tile_boxes(height, width, tile, overlap)
-    out = torch.zeros(bands, height * scale, width * scale, device=device)
+    out = torch.zeros(out_channels or bands, height * scale, width * scale, device=device)
     weight = torch.zeros(1, height * scale, width * scale, device=device)
 
     def read(box):
