@@ -33,12 +33,12 @@ from srgan.devices import pick_device
 from srgan.downstream import ThematicAgreement, index_errors
 from srgan.engine.checkpoint import ExportedModel, load_model
 from srgan.fidelity import clean_degradation, consistency, correctness, ergas, match_histograms, synthesis
-from srgan.infer import resolve_model
+from srgan.infer import load_sampler, resolve_model
 from srgan.metrics import SRMetrics
 from srgan.models.blocks import upsample_image
 from srgan.tiling import tiled_super_resolve
 from srgan.tracking import MlflowTracker
-from srgan.uncertainty import Calibration, SampleSpread, build_sampler, interval_scale, reliability_plot
+from srgan.uncertainty import Calibration, SampleSpread, interval_scale, reliability_plot
 
 BASELINES = ("bicubic", "nearest")
 METHODS = ("sr", *BASELINES)
@@ -60,6 +60,16 @@ def physical_units(normalization: Any, dtype: str) -> LinearScale:
     if isinstance(normalization, LinearScale):
         return normalization
     return LinearScale(255.0) if dtype == "uint8" else LinearScale(10000.0)
+
+
+def physical_converter(data: Any):
+    """Normalised tensors of ``data`` -> its physical units (:func:`physical_units`), on the CPU."""
+    phys = physical_units(data.normalization, data.dtype)
+
+    def to_physical(x: torch.Tensor) -> torch.Tensor:
+        return phys.normalize(data.normalization.denormalize(x.float().cpu()))
+
+    return to_physical
 
 
 class _Lpips:
@@ -110,10 +120,7 @@ def evaluate_regions(
     ``uncertainty``: its calibration against HR, the reliability curve and the time per area of a
     single pass and of the sampled pass; with ``std_scale`` (fitted elsewhere, e.g. on the validation
     split) also the calibration of the spread times that factor (``recalibrated_*``)."""
-    phys = physical_units(data.normalization, data.dtype)
-
-    def to_physical(x: torch.Tensor) -> torch.Tensor:
-        return phys.normalize(data.normalization.denormalize(x.float().cpu()))
+    to_physical = physical_converter(data)
 
     names = data.band_names
     pooled = {m: SRMetrics(names, border, per_band_ssim=True) for m in METHODS}
@@ -223,10 +230,7 @@ def fit_std_scale(
     non-test) areas: the 68.27 % quantile of |error| / std there (matching the RMS spread to the
     RMSE instead undershoots the central levels when errors are heavy-tailed, as SR errors are);
     also the raw calibration there."""
-    phys = physical_units(data.normalization, data.dtype)
-
-    def to_physical(x: torch.Tensor) -> torch.Tensor:
-        return phys.normalize(data.normalization.denormalize(x.float().cpu()))
+    to_physical = physical_converter(data)
 
     cal, errors, spreads = Calibration(), [], []
     for lr_n, hr_n in regions:
@@ -350,14 +354,7 @@ def main(cfg: DictConfig) -> None:
             data.lr_normalization = model.normalization
         data.normalization = model.normalization
     u = cfg.uncertainty
-    sampler = build_sampler(
-        model,
-        u.method,
-        u.samples or 0,
-        u.seed,
-        list(u.members),
-        lambda m: load_model(resolve_model(m, cfg.tracking.uri)),
-    )
+    sampler = load_sampler(model, u, cfg.tracking.uri)
     std_scale = None
     if sampler is not None and u.get("calibrate_on"):
         if u.calibrate_on == cfg.split:

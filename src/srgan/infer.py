@@ -293,18 +293,24 @@ def _finalise(stage: Path, target: Path, profile: dict, model: ExportedModel, ma
         dst.descriptions = tuple(model.band_names)
 
 
+def load_sampler(model: ExportedModel, node: Any, tracking_uri: str | None) -> SampleSpread | None:
+    """The sampler an ``uncertainty`` config node asks for (None for method none); members are
+    model folders, run folders or MLflow URIs, resolved like ``model``."""
+    return build_sampler(
+        model,
+        node.method,
+        node.samples or 0,
+        node.seed,
+        list(node.members),
+        lambda member: load_model(resolve_model(member, tracking_uri)),
+    )
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     model = load_model(resolve_model(cfg.model, cfg.get("tracking_uri")))
     u = cfg.uncertainty
-    sampler = build_sampler(
-        model,
-        u.method,
-        u.samples or 0,
-        u.seed,
-        list(u.members),
-        lambda m: load_model(resolve_model(m, cfg.get("tracking_uri"))),
-    )
+    sampler = load_sampler(model, u, cfg.get("tracking_uri"))
     result = super_resolve_file(
         model,
         cfg.input,

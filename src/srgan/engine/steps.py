@@ -42,18 +42,6 @@ def _finish(
     return stepped, norm.detach()
 
 
-def _apply(
-    accelerator: Accelerator,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss: torch.Tensor,
-    grad_clip: float | None,
-) -> tuple[bool, torch.Tensor | None]:
-    """Backward, then :func:`_finish`."""
-    accelerator.backward(loss)
-    return _finish(accelerator, model, optimizer, loss, grad_clip)
-
-
 def generator_step(
     accelerator: Accelerator,
     generator: nn.Module,
@@ -86,7 +74,8 @@ def generator_step(
             total = total + adversarial_weight * g_adv
             stats["g_adversarial"] = g_adv.detach()
     stats["g_total"] = total.detach()
-    stepped, norm = _apply(accelerator, generator, optimizer, total, grad_clip)
+    accelerator.backward(total)
+    stepped, norm = _finish(accelerator, generator, optimizer, total, grad_clip)
     if norm is not None:
         stats["g_grad_norm"] = norm
     return sr.detach(), stats, stepped
@@ -151,7 +140,8 @@ def discriminator_step(
     total, stats = _discriminator_losses(
         loss.adversarial, logits[0], logits[1], logits[2] if interp is not None else None, real, interp
     )
-    stepped, norm = _apply(accelerator, discriminator, optimizer, total, grad_clip)
+    accelerator.backward(total)
+    stepped, norm = _finish(accelerator, discriminator, optimizer, total, grad_clip)
     if norm is not None:
         stats["d_grad_norm"] = norm
     return stats, stepped
