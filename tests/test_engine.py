@@ -284,6 +284,7 @@ def test_fused_gan_step_rescaled_gradient_equals_a_second_pass_through_d(monkeyp
         og.zero_grad = od.zero_grad = lambda set_to_none=True: None  # keep the gradients to compare
         result = steps.gan_step(accelerator, g, d, loss, og, od, batch, 0.5)
         assert result.g_adversarial_from_d_pass == (limit > 0)
+        assert float(result.stats["g_adv_second_pass"]) == (0.0 if limit > 0 else 1.0)
         grads.append([p.grad.clone() for p in [*g.parameters(), *d.parameters()]])
     assert any(x.abs().sum() > 0 for x in grads[0])
     for a, b in zip(*grads):

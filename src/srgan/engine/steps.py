@@ -254,6 +254,9 @@ def gan_step(
         accelerator.backward(
             content + (sr.float() * sr_grad.detach().float()).sum(), inputs=list(generator.parameters())
         )
+    if g_adv is not None:
+        # Logged as train/g_adv_second_pass: the share of steps that paid for a second pass through D.
+        stats["g_adv_second_pass"] = torch.tensor(0.0 if from_d_pass else 1.0, device=total.device)
     g_ok, g_norm = _finish(accelerator, generator, optimizer_g, total, grad_clip)
     if g_norm is not None:
         stats["g_grad_norm"] = g_norm
