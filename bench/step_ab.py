@@ -32,7 +32,9 @@ from peer import OURS  # noqa: E402  (the reference's generator shape)
 from speed import BANDS, SCALE, TRAIN_LR, _compose, _sync  # noqa: E402
 
 
-def run(model: str, rounds: int, batch: int, overrides: list[str], device: str = "cpu") -> dict[str, Any]:
+def run(
+    model: str, rounds: int, batch: int, overrides: list[str], device: str = "cpu", precision: str = "no"
+) -> dict[str, Any]:
     import torch
     from accelerate import Accelerator
 
@@ -41,7 +43,7 @@ def run(model: str, rounds: int, batch: int, overrides: list[str], device: str =
 
     cfg = _compose(model, ["loss.weights.adversarial=0.01", *overrides])
     torch.manual_seed(0)
-    accelerator = Accelerator(cpu=device == "cpu")
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision)
     g, d, loss, opt_g, opt_d = build_networks(cfg, accelerator.device)
     g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
     d_module = accelerator.unwrap_model(d)
@@ -86,7 +88,8 @@ def run(model: str, rounds: int, batch: int, overrides: list[str], device: str =
         out[name]["step_s_all"] = t
     out["shared"]["g_adversarial_from_d_pass"] = all(from_d_pass["shared"])
     out["second_pass"]["g_adversarial_from_d_pass"] = any(from_d_pass["second_pass"])
-    return {"model": model, "batch": batch, "rounds": rounds, "overrides": overrides, "variants": out}
+    info = {"model": model, "batch": batch, "rounds": rounds, "overrides": overrides, "precision": precision}
+    return {**info, "device": device, "variants": out}
 
 
 def main() -> None:
@@ -95,16 +98,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["no", "bf16"], default="no")
     parser.add_argument("--srgan-shape", action="store_true", help="srgan's own head/tail kernels, not the reference's")
     parser.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     overrides = ([] if args.srgan_shape or args.model != "rcab" else OURS) + args.override
-    result = run(args.model, args.rounds, args.batch, overrides, args.device)
+    result = run(args.model, args.rounds, args.batch, overrides, args.device, args.precision)
     if args.json:
         args.json.write_text(json.dumps(result))
     base = result["variants"]["separate"]["step_s_median"]
-    print(f"{args.model}, batch {args.batch}, {args.rounds} rounds of 2 timed steps per variant")
+    print(f"{args.model}, batch {args.batch}, {args.precision}, {args.device}, {args.rounds} rounds of 2 timed steps")
     print("| variant | median s/step | min s/step | steps/s | vs separate |")
     print("|---|---:|---:|---:|---:|")
     for name, r in result["variants"].items():
