@@ -291,6 +291,45 @@ def test_fused_gan_step_rescaled_gradient_equals_a_second_pass_through_d(monkeyp
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_fused_gan_step_under_mixed_precision(monkeypatch, precision):
+    import copy
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    import srgan.engine.steps as steps
+    from srgan.losses import CompositeLoss, GANLoss, L1Loss
+
+    loss = CompositeLoss({"l1": 1.0, "adversarial": 0.5}, {"l1": L1Loss()}, GANLoss("vanilla"))
+    torch.manual_seed(1)
+    batch = {"lr": torch.rand(3, 3, 8, 8), "hr": torch.rand(3, 3, 16, 16)}
+    g1, d1 = _tiny_gan()
+    g2, d2 = copy.deepcopy(g1), copy.deepcopy(d1)
+    AcceleratorState._reset_state(True)  # the process-wide state holds one precision at a time
+    try:
+        accelerator = Accelerator(cpu=True, mixed_precision=precision)
+        grads, paths = [], []
+        for g, d, limit in ((g1, d1, steps.MAX_LOGIT_GRAD_RATIO), (g2, d2, 0.0)):  # 0: never rescale
+            monkeypatch.setattr(steps, "MAX_LOGIT_GRAD_RATIO", limit)
+            og, od = accelerator.prepare(torch.optim.SGD(g.parameters(), lr=0.0), torch.optim.SGD(d.parameters()))
+            og.optimizer.zero_grad = lambda set_to_none=True: None  # keep G's gradients to compare
+            result = steps.gan_step(accelerator, g, d, loss, og, od, batch, 0.5)
+            assert result.g_stepped
+            paths.append(result.g_adversarial_from_d_pass)
+            grads.append([p.grad.clone() for p in g.parameters()])
+    finally:
+        AcceleratorState._reset_state(True)
+    if precision == "bf16":  # rescaled: the same gradient up to bf16 rounding inside D
+        assert paths == [True, False]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=0.02, atol=0.02 * b.abs().max().item())
+    else:  # fp16: loss scaling must reach G's pass through D, so G's loss goes through D itself
+        assert paths == [False, False]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b)
+
+
 def test_fused_gan_step_holdback_and_train_d_leave_the_discriminator_alone():
     from accelerate import Accelerator
 
