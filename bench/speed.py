@@ -229,8 +229,9 @@ def _adam_impl(optimizer: Any) -> str:
     group = optimizer.param_groups[0]
     if group.get("fused"):
         return "fused"
-    # torch picks foreach by itself only for CUDA tensors
-    return "foreach" if group.get("foreach") else "forloop"
+    if group.get("foreach") is None:  # torch's choice at step time: foreach when the tensors are on CUDA
+        return "foreach" if group["params"][0].is_cuda else "forloop"
+    return "foreach" if group["foreach"] else "forloop"
 
 
 def bench_generator(

@@ -38,3 +38,17 @@ def test_generator_and_scene_workers(tmp_path):
         | {"scene_batch": 2}
     )
     assert s["tiles"] >= 4 and s["output_mpx_per_s"] > 0 and s["s2_tile_seconds_estimate"] > 0
+
+
+def test_step_ab_interleaves_the_three_gan_steps(tmp_path):
+    out = tmp_path / "ab.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "step_ab.py"), "--rounds", "1", "--batch", "2", "--json", str(out)]
+    cmd += ["--srgan-shape", "--override", "generator.n_channels=8", "--override", "generator.n_blocks=1"]
+    cmd += ["--override", "discriminator.base_channels=8"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    variants = json.loads(out.read_text())["variants"]
+    assert set(variants) == {"shared", "second_pass", "separate"}
+    assert all(len(v["step_s_all"]) == 2 and v["step_s_median"] > 0 for v in variants.values())
+    # The variants differ in how G's adversarial gradient is obtained, as labelled.
+    assert variants["shared"]["g_adversarial_from_d_pass"] and not variants["second_pass"]["g_adversarial_from_d_pass"]

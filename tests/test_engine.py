@@ -178,17 +178,11 @@ def _tiny_gan(seed: int = 0):
     return g, d
 
 
-@pytest.mark.parametrize(
-    "adversarial",
-    [
-        {"gan_type": "vanilla"},
-        {"gan_type": "ragan"},
-        {"gan_type": "wgan_gp"},
-        {"gan_type": "hinge", "r1_weight": 2.0},
-    ],
-    ids=["vanilla", "ragan", "wgan_gp", "hinge_r1"],
-)
-def test_fused_gan_step_updates_both_networks_as_the_separate_steps(adversarial):
+def _compare_fused_with_separate_steps(adversarial, g1, d1, batch, steps=3):
+    """Run ``steps`` fused and separate GAN steps from the same weights; assert they agree.
+
+    Returns, per fused step, whether G's adversarial gradient came from D's backward pass.
+    """
     import copy
 
     from accelerate import Accelerator
@@ -198,10 +192,9 @@ def test_fused_gan_step_updates_both_networks_as_the_separate_steps(adversarial)
 
     accelerator = Accelerator(cpu=True)
     loss = CompositeLoss({"l1": 1.0, "adversarial": 0.1}, {"l1": L1Loss()}, GANLoss(**adversarial))
-    torch.manual_seed(1)
-    batch = {"lr": torch.rand(2, 3, 8, 8), "hr": torch.rand(2, 3, 16, 16)}
-    g1, d1 = _tiny_gan()
     g2, d2 = copy.deepcopy(g1), copy.deepcopy(d1)
+    g0 = next(g1.parameters()).detach().clone()
+    d0 = next(d1.parameters()).detach().clone()
 
     def sgd(m):
         # Not Adam: its first steps are sign(grad) x lr, so a parameter whose gradient is pure float
@@ -209,15 +202,17 @@ def test_fused_gan_step_updates_both_networks_as_the_separate_steps(adversarial)
         return torch.optim.SGD(m.parameters(), lr=0.5, momentum=0.9)
 
     og1, od1, og2, od2 = sgd(g1), sgd(d1), sgd(g2), sgd(d2)
-    for _ in range(3):  # later steps start from moved weights and filled momentum
+    from_d_pass = []
+    close = {"rtol": 1e-4, "atol": 1e-6}
+    for _ in range(steps):  # later steps start from moved weights and filled momentum
         torch.manual_seed(2)  # the WGAN-GP interpolation draw
         sr, g_stats, g_ok = generator_step(accelerator, g1, d1, loss, og1, batch, 0.1)
         d_stats, d_ok = discriminator_step(accelerator, d1, loss, od1, batch["hr"], sr)
         torch.manual_seed(2)
         fused = gan_step(accelerator, g2, d2, loss, og2, od2, batch, 0.1)
         assert g_ok and d_ok and fused.g_stepped and fused.d_trained and fused.d_stepped
+        from_d_pass.append(fused.g_adversarial_from_d_pass)
         # D sees real and SR in one batch of 4 in discriminator_step and in two of 2 here: float rounding.
-        close = {"rtol": 1e-4, "atol": 1e-6}
         torch.testing.assert_close(fused.sr, sr, **close)
         for key in ("g_total", "g_adversarial", "g_grad_norm"):
             torch.testing.assert_close(fused.stats[key], g_stats[key], **close)
@@ -226,9 +221,113 @@ def test_fused_gan_step_updates_both_networks_as_the_separate_steps(adversarial)
     for a, b in zip([*g1.parameters(), *d1.parameters()], [*g2.parameters(), *d2.parameters()]):
         torch.testing.assert_close(a, b, **close)
     # Both networks moved (the comparison is not between two untouched copies).
-    g0, d0 = _tiny_gan()
-    assert not torch.equal(next(g0.parameters()), next(g2.parameters()))
-    assert not torch.equal(next(d0.parameters()), next(d2.parameters()))
+    assert not torch.equal(g0, next(g2.parameters()))
+    assert not torch.equal(d0, next(d2.parameters()))
+    return from_d_pass
+
+
+@pytest.mark.parametrize(
+    "adversarial",
+    [
+        {"gan_type": "vanilla"},
+        {"gan_type": "ragan"},
+        {"gan_type": "lsgan"},
+        {"gan_type": "wgan_gp"},
+        {"gan_type": "hinge", "r1_weight": 2.0},
+    ],
+    ids=["vanilla", "ragan", "lsgan", "wgan_gp", "hinge_r1"],
+)
+def test_fused_gan_step_updates_both_networks_as_the_separate_steps(adversarial):
+    torch.manual_seed(1)
+    batch = {"lr": torch.rand(2, 3, 8, 8), "hr": torch.rand(2, 3, 16, 16)}
+    g, d = _tiny_gan()
+    from_d_pass = _compare_fused_with_separate_steps(adversarial, g, d, batch)
+    if adversarial["gan_type"] != "hinge":  # hinge's D gradient is 0 for logits below -1
+        assert all(from_d_pass)  # G's adversarial gradient came from D's own backward pass
+
+
+def test_fused_gan_step_backpropagates_through_d_again_where_the_ratio_cannot_be_used():
+    from srgan.models.discriminators import PatchGANDiscriminator
+
+    torch.manual_seed(1)
+    batch = {"lr": torch.rand(2, 3, 8, 8), "hr": torch.rand(2, 3, 16, 16)}
+    # Hinge with every logit far below -1: D's loss has no gradient at SR's logits.
+    g, d = _tiny_gan()
+    with torch.no_grad():
+        d.head[-1].bias.fill_(-20.0)
+    assert _compare_fused_with_separate_steps({"gan_type": "hinge"}, g, d, batch, steps=2) == [False] * 2
+    # Patch logits: several per sample, so no per-sample ratio.
+    g, _ = _tiny_gan()
+    torch.manual_seed(3)
+    patch = PatchGANDiscriminator(3, base_channels=8, n_layers=2, norm="none")
+    assert _compare_fused_with_separate_steps({"gan_type": "vanilla"}, g, patch, batch) == [False] * 3
+
+
+def test_fused_gan_step_rescaled_gradient_equals_a_second_pass_through_d(monkeypatch):
+    import copy
+
+    from accelerate import Accelerator
+
+    import srgan.engine.steps as steps
+    from srgan.losses import CompositeLoss, GANLoss, L1Loss
+
+    accelerator = Accelerator(cpu=True)
+    loss = CompositeLoss({"l1": 1.0, "adversarial": 0.5}, {"l1": L1Loss()}, GANLoss("vanilla"))
+    torch.manual_seed(1)
+    batch = {"lr": torch.rand(3, 3, 8, 8), "hr": torch.rand(3, 3, 16, 16)}
+    g1, d1 = _tiny_gan()
+    g2, d2 = copy.deepcopy(g1), copy.deepcopy(d1)
+    grads = []
+    for g, d, limit in ((g1, d1, steps.MAX_LOGIT_GRAD_RATIO), (g2, d2, 0.0)):  # 0: never rescale
+        monkeypatch.setattr(steps, "MAX_LOGIT_GRAD_RATIO", limit)
+        og, od = torch.optim.SGD(g.parameters(), lr=0.0), torch.optim.SGD(d.parameters(), lr=0.0)
+        og.zero_grad = od.zero_grad = lambda set_to_none=True: None  # keep the gradients to compare
+        result = steps.gan_step(accelerator, g, d, loss, og, od, batch, 0.5)
+        assert result.g_adversarial_from_d_pass == (limit > 0)
+        assert float(result.stats["g_adv_second_pass"]) == (0.0 if limit > 0 else 1.0)
+        grads.append([p.grad.clone() for p in [*g.parameters(), *d.parameters()]])
+    assert any(x.abs().sum() > 0 for x in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_fused_gan_step_under_mixed_precision(monkeypatch, precision):
+    import copy
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    import srgan.engine.steps as steps
+    from srgan.losses import CompositeLoss, GANLoss, L1Loss
+
+    loss = CompositeLoss({"l1": 1.0, "adversarial": 0.5}, {"l1": L1Loss()}, GANLoss("vanilla"))
+    torch.manual_seed(1)
+    batch = {"lr": torch.rand(3, 3, 8, 8), "hr": torch.rand(3, 3, 16, 16)}
+    g1, d1 = _tiny_gan()
+    g2, d2 = copy.deepcopy(g1), copy.deepcopy(d1)
+    AcceleratorState._reset_state(True)  # the process-wide state holds one precision at a time
+    try:
+        accelerator = Accelerator(cpu=True, mixed_precision=precision)
+        grads, paths = [], []
+        for g, d, limit in ((g1, d1, steps.MAX_LOGIT_GRAD_RATIO), (g2, d2, 0.0)):  # 0: never rescale
+            monkeypatch.setattr(steps, "MAX_LOGIT_GRAD_RATIO", limit)
+            og, od = accelerator.prepare(torch.optim.SGD(g.parameters(), lr=0.0), torch.optim.SGD(d.parameters()))
+            og.optimizer.zero_grad = lambda set_to_none=True: None  # keep G's gradients to compare
+            result = steps.gan_step(accelerator, g, d, loss, og, od, batch, 0.5)
+            assert result.g_stepped
+            paths.append(result.g_adversarial_from_d_pass)
+            grads.append([p.grad.clone() for p in g.parameters()])
+    finally:
+        AcceleratorState._reset_state(True)
+    if precision == "bf16":  # rescaled: the same gradient up to bf16 rounding inside D
+        assert paths == [True, False]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=0.02, atol=0.02 * b.abs().max().item())
+    else:  # fp16: loss scaling must reach G's pass through D, so G's loss goes through D itself
+        assert paths == [False, False]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b)
 
 
 def test_fused_gan_step_holdback_and_train_d_leave_the_discriminator_alone():

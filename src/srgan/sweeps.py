@@ -11,13 +11,15 @@ parent is marked FAILED if any child failed, FINISHED otherwise.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from srgan.tracking import _local_uri
+
+if TYPE_CHECKING:  # imported where used: srgan.train imports this module (see srgan.tracking)
+    from mlflow.tracking import MlflowClient
 
 PARENT_ENV = "SRGAN_SWEEP_PARENT_RUN"
 SWEEP_ENV = "SRGAN_SWEEP_ID"
@@ -30,6 +32,8 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_id = os.path.basename(str(config.hydra.sweep.dir).rstrip("/"))
+        from mlflow.tracking import MlflowClient
+
         self.client = MlflowClient(tracking_uri=_local_uri(config.tracking.uri))
         experiment = self.client.get_experiment_by_name(config.tracking.experiment_name)
         experiment_id = (
@@ -82,6 +86,8 @@ def record_failed_job(
     config: DictConfig, run_dir: str, overrides: list[str], error: BaseException, git_commit: str | None = None
 ) -> None:
     """Make a job that failed before its MLflow run existed (e.g. a bad value) visible as a FAILED run."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=_local_uri(config.tracking.uri))
     experiment = client.get_experiment_by_name(config.tracking.experiment_name)
     if experiment is None:

@@ -11,12 +11,14 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+
+# mlflow is imported where a run is tracked, not on import: ``srgan.train``'s building blocks
+# (networks, steps; ``bench/speed.py``) then load without it, and a CLI without a run starts faster.
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 PENDING_FILE = "mlflow_pending.jsonl"
@@ -92,6 +94,8 @@ class MlflowTracker:
         # Our own thread retries forever; MLflow's per-request retries only need to absorb a blip.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        from mlflow.tracking import MlflowClient
+
         return MlflowClient(tracking_uri=self.uri)
 
     def start(self, params: Mapping[str, Any]) -> str | None:
@@ -110,6 +114,8 @@ class MlflowTracker:
             experiment_id = experiment.experiment_id
         run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
         items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's limit on parameters per batch
             self.client.log_batch(self.run_id, params=items[i : i + 100])
@@ -122,6 +128,8 @@ class MlflowTracker:
         ``reopen`` marks the run RUNNING again (a resumed training run)."""
         if not self.active:
             return False
+        from mlflow.exceptions import MlflowException
+
         self.client = self._client()
         try:
             run = self.client.get_run(run_id)
@@ -190,6 +198,8 @@ class MlflowTracker:
 
     # -- delivery thread ------------------------------------------------------------------------
     def _send(self, kind: str, args: tuple[Any, ...]) -> None:
+        from mlflow.entities import Metric, RunTag
+
         client, run_id = self.client, self.run_id
         if kind == "metrics":
             metrics = [Metric(*m) for m in args[0]]
@@ -283,7 +293,7 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None) -> int:
         target = uri or record["uri"]
         if target not in trackers:
             trackers[target] = MlflowTracker(target, "replay")
-            trackers[target].client = MlflowClient(tracking_uri=target)
+            trackers[target].client = trackers[target]._client()
         tracker = trackers[target]
         tracker.run_id = record["run_id"]
         args = tuple(record["args"])

@@ -149,13 +149,23 @@ def discriminator_step(
 
 @dataclass
 class GANStepResult:
-    """What :func:`gan_step` did: SR (detached), the stats, and which updates happened."""
+    """What :func:`gan_step` did: SR (detached), the stats, and which updates happened.
+
+    ``g_adversarial_from_d_pass``: G's adversarial gradient came from D's own backward pass,
+    rescaled per sample (False: it took a backward pass of its own through D, or there was none).
+    """
 
     sr: torch.Tensor
     stats: dict[str, torch.Tensor]
     g_stepped: bool
     d_trained: bool
     d_stepped: bool
+    g_adversarial_from_d_pass: bool = False
+
+
+# Largest |G's logit gradient / D's logit gradient| that is rescaled instead of back-propagated again:
+# a D gradient this many times smaller still leaves D's internal gradients far above fp32 / bf16 underflow.
+MAX_LOGIT_GRAD_RATIO = 1e12
 
 
 def gan_step(
@@ -171,17 +181,27 @@ def gan_step(
     holdback: float | None = None,
     train_d: bool = True,
 ) -> GANStepResult:
-    """The generator update and the discriminator update on one batch, sharing D's pass on SR.
+    """The generator update and the discriminator update on one batch, sharing D's passes.
 
     :func:`generator_step` followed by :func:`discriminator_step` on the same batch runs D on SR
-    twice (for G's loss, then with real HR for D's); neither pass changes D, so the logits are the
-    same numbers. Here D runs once on real HR (with the WGAN-GP interpolates) and once on SR still
-    attached to G; D's loss is back-propagated into D's parameters only (graph kept), then G's loss
-    into G's parameters only (through the SR pass alone), and both optimizers step afterwards. The
-    gradients are those of the two-step sequence, for a discriminator without batch norm (whose
-    train-mode statistics would be taken over real HR alone instead of real and SR together).
+    twice (for G's loss, then with real HR for D's) and back-propagates through it twice; neither
+    pass changes D. Here D runs once on real HR (with the WGAN-GP interpolates) and once on SR,
+    and both optimizers step after both backward passes: the gradients are those of the two-step
+    sequence, for a discriminator without batch norm (whose train-mode statistics would be taken
+    over real HR alone instead of real and SR together).
+
+    G's adversarial gradient at SR needs ``dl_i/dSR_i`` (``l_i``: sample i's logit) weighted by
+    G's logit gradient ``gG_i``; D's backward pass already carries ``dl_i/dSR_i`` weighted by D's
+    logit gradient ``gD_i`` down to SR. With one logit per sample, G's gradient at SR is that,
+    times ``gG_i / gD_i``: D's backward is extended to SR (one extra layer's input gradient) and G
+    back-propagates from SR, instead of a second backward pass through D. Where that ratio cannot
+    be used (a zero D gradient, as hinge gives for confidently fake samples; a ratio above
+    ``MAX_LOGIT_GRAD_RATIO``; patch logits; D not trained this step) G's gradient at SR is
+    back-propagated through D on its own, as before. Under fp16 (loss scaling must reach G's pass
+    through D) G's loss is back-propagated through D directly.
+
     ``discriminator`` is the wrapped module: DDP reduces D's gradients in D's backward pass (the two
-    passes meet in each parameter's single gradient accumulation), G's in G's.
+    forward passes meet in each parameter's single gradient accumulation), G's in G's.
 
     ``holdback``: skip D's update when the mean D(y) - D(G(x)) on this batch, averaged over the
     processes, exceeds it; ``train_d=False`` skips it outright (later micro-batches of a step whose
@@ -189,12 +209,16 @@ def gan_step(
     """
     adversarial = loss.adversarial
     hr = batch["hr"]
+    # fp16: G's loss goes through D in G's own backward pass, scaled as accelerate scales it.
+    through_d = adversarial_weight > 0 and accelerator.mixed_precision == "fp16"
     with accelerator.autocast():
         sr = generator(batch["lr"])
         total, stats = loss.content(sr, hr)
+        content = total
         real, interp = _discriminator_inputs(adversarial, hr, sr)
+        fake = sr if through_d else sr.detach().requires_grad_(adversarial_weight > 0)
         real_logits = discriminator(real if interp is None else torch.cat([real, interp]))
-        fake_logits = discriminator(sr)
+        fake_logits = discriminator(fake)
     interp_logits = None
     if interp is not None:
         real_logits, interp_logits = real_logits.split(hr.shape[0])
@@ -203,15 +227,36 @@ def gan_step(
     d_total, d_stats = _discriminator_losses(
         adversarial, real_logits, fake_logits, interp_logits, real, interp, train=train_d
     )
+    g_adv = None
     if adversarial_weight > 0:
         g_adv = adversarial.generator_loss(fake_logits, real_logits)
         total = total + adversarial_weight * g_adv
         stats["g_adversarial"] = g_adv.detach()
     stats["g_total"] = total.detach()
     stats.update(d_stats)
+    d_logit_grad: list[torch.Tensor] = []
+    from_d_pass = False
     if d_total is not None:
-        accelerator.backward(d_total, inputs=list(discriminator.parameters()), retain_graph=True)
-    accelerator.backward(total, inputs=list(generator.parameters()))
+        inputs = list(discriminator.parameters())
+        if g_adv is not None and not through_d:
+            inputs.append(fake)  # carry D's backward pass on to SR for G's gradient
+            fake_logits.register_hook(d_logit_grad.append)
+        accelerator.backward(d_total, inputs=inputs, retain_graph=g_adv is not None)
+    if g_adv is None or through_d:
+        accelerator.backward(total, inputs=list(generator.parameters()))
+    else:
+        (g_logit_grad,) = torch.autograd.grad(adversarial_weight * g_adv, fake_logits, retain_graph=True)
+        sr_grad = _rescaled_input_grad(fake, fake_logits, d_logit_grad, g_logit_grad)
+        from_d_pass = sr_grad is not None
+        if sr_grad is None:
+            (sr_grad,) = torch.autograd.grad(fake_logits, fake, g_logit_grad.to(fake_logits.dtype))
+        # Content losses plus <SR, dLoss_adv/dSR>: the same gradient for G, through accelerate's scaling.
+        accelerator.backward(
+            content + (sr.float() * sr_grad.detach().float()).sum(), inputs=list(generator.parameters())
+        )
+    if g_adv is not None:
+        # Logged as train/g_adv_second_pass: the share of steps that paid for a second pass through D.
+        stats["g_adv_second_pass"] = torch.tensor(0.0 if from_d_pass else 1.0, device=total.device)
     g_ok, g_norm = _finish(accelerator, generator, optimizer_g, total, grad_clip)
     if g_norm is not None:
         stats["g_grad_norm"] = g_norm
@@ -220,7 +265,26 @@ def gan_step(
         d_ok, d_norm = _finish(accelerator, discriminator, optimizer_d, d_total, grad_clip)
         if d_norm is not None:
             stats["d_grad_norm"] = d_norm
-    return GANStepResult(sr.detach(), stats, g_ok, train_d, d_ok)
+    return GANStepResult(sr.detach(), stats, g_ok, train_d, d_ok, from_d_pass)
+
+
+def _rescaled_input_grad(
+    fake: torch.Tensor, fake_logits: torch.Tensor, d_logit_grad: list[torch.Tensor], g_logit_grad: torch.Tensor
+) -> torch.Tensor | None:
+    """G's adversarial gradient at SR from D's backward pass (``fake.grad``), or None where it can't be.
+
+    ``fake.grad`` holds ``gD_i * dl_i/dSR_i`` with ``gD_i`` the logit gradient that reached D's
+    output in that pass (``d_logit_grad``, as accelerate scaled it); G needs ``gG_i * dl_i/dSR_i``.
+    """
+    n = fake.shape[0]
+    if not d_logit_grad or fake.grad is None or fake_logits.numel() != n:
+        return None
+    d_grad = d_logit_grad[0].detach().float().reshape(n)
+    ratio = g_logit_grad.detach().float().reshape(n) / d_grad
+    usable = torch.isfinite(ratio).all() & (d_grad != 0).all() & (ratio.abs() <= MAX_LOGIT_GRAD_RATIO).all()
+    if not bool(usable):
+        return None
+    return fake.grad.float() * ratio.reshape(n, *([1] * (fake.dim() - 1)))  # fp32: no bf16 rounding of the ratio
 
 
 def probability_gap(accelerator: Accelerator, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> float:
