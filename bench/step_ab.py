@@ -66,8 +66,11 @@ def run(
         sr, _, _ = steps.generator_step(accelerator, g, d_module, loss, opt_g, data, 0.01)
         steps.discriminator_step(accelerator, d, loss, opt_d, data["hr"], sr)
 
-    variants = {"shared": lambda: fused("shared", limit), "second_pass": lambda: fused("second_pass", 0.0)}
-    variants["separate"] = separate
+    variants = {
+        "shared": lambda: fused("shared", limit),
+        "second_pass": lambda: fused("second_pass", 0.0),
+        "separate": separate,
+    }
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}

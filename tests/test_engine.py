@@ -263,29 +263,38 @@ def test_fused_gan_step_backpropagates_through_d_again_where_the_ratio_cannot_be
     assert _compare_fused_with_separate_steps({"gan_type": "vanilla"}, g, patch, batch) == [False] * 3
 
 
-def test_fused_gan_step_rescaled_gradient_equals_a_second_pass_through_d(monkeypatch):
-    import copy
+def _rescaled_and_second_pass(monkeypatch, accelerator):
+    """One fused step from the same weights, with the rescaling and without it (a second pass through D).
 
-    from accelerate import Accelerator
+    Returns both step results and each run's gradients (G's parameters, then D's), kept after the step.
+    """
+    import copy
 
     import srgan.engine.steps as steps
     from srgan.losses import CompositeLoss, GANLoss, L1Loss
 
-    accelerator = Accelerator(cpu=True)
     loss = CompositeLoss({"l1": 1.0, "adversarial": 0.5}, {"l1": L1Loss()}, GANLoss("vanilla"))
     torch.manual_seed(1)
     batch = {"lr": torch.rand(3, 3, 8, 8), "hr": torch.rand(3, 3, 16, 16)}
     g1, d1 = _tiny_gan()
     g2, d2 = copy.deepcopy(g1), copy.deepcopy(d1)
-    grads = []
+    results, grads = [], []
     for g, d, limit in ((g1, d1, steps.MAX_LOGIT_GRAD_RATIO), (g2, d2, 0.0)):  # 0: never rescale
         monkeypatch.setattr(steps, "MAX_LOGIT_GRAD_RATIO", limit)
-        og, od = torch.optim.SGD(g.parameters(), lr=0.0), torch.optim.SGD(d.parameters(), lr=0.0)
-        og.zero_grad = od.zero_grad = lambda set_to_none=True: None  # keep the gradients to compare
-        result = steps.gan_step(accelerator, g, d, loss, og, od, batch, 0.5)
-        assert result.g_adversarial_from_d_pass == (limit > 0)
-        assert float(result.stats["g_adv_second_pass"]) == (0.0 if limit > 0 else 1.0)
+        og, od = accelerator.prepare(torch.optim.SGD(g.parameters(), lr=0.0), torch.optim.SGD(d.parameters(), lr=0.0))
+        og.optimizer.zero_grad = od.optimizer.zero_grad = lambda set_to_none=True: None  # keep the gradients
+        results.append(steps.gan_step(accelerator, g, d, loss, og, od, batch, 0.5))
         grads.append([p.grad.clone() for p in [*g.parameters(), *d.parameters()]])
+    return results, grads, len(list(g1.parameters()))
+
+
+def test_fused_gan_step_rescaled_gradient_equals_a_second_pass_through_d(monkeypatch):
+    from accelerate import Accelerator
+
+    results, grads, _ = _rescaled_and_second_pass(monkeypatch, Accelerator(cpu=True))
+    for result, rescaled in zip(results, (True, False)):
+        assert result.g_adversarial_from_d_pass == rescaled
+        assert float(result.stats["g_adv_second_pass"]) == (0.0 if rescaled else 1.0)
     assert any(x.abs().sum() > 0 for x in grads[0])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
@@ -293,40 +302,24 @@ def test_fused_gan_step_rescaled_gradient_equals_a_second_pass_through_d(monkeyp
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_fused_gan_step_under_mixed_precision(monkeypatch, precision):
-    import copy
-
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    import srgan.engine.steps as steps
-    from srgan.losses import CompositeLoss, GANLoss, L1Loss
-
-    loss = CompositeLoss({"l1": 1.0, "adversarial": 0.5}, {"l1": L1Loss()}, GANLoss("vanilla"))
-    torch.manual_seed(1)
-    batch = {"lr": torch.rand(3, 3, 8, 8), "hr": torch.rand(3, 3, 16, 16)}
-    g1, d1 = _tiny_gan()
-    g2, d2 = copy.deepcopy(g1), copy.deepcopy(d1)
     AcceleratorState._reset_state(True)  # the process-wide state holds one precision at a time
     try:
-        accelerator = Accelerator(cpu=True, mixed_precision=precision)
-        grads, paths = [], []
-        for g, d, limit in ((g1, d1, steps.MAX_LOGIT_GRAD_RATIO), (g2, d2, 0.0)):  # 0: never rescale
-            monkeypatch.setattr(steps, "MAX_LOGIT_GRAD_RATIO", limit)
-            og, od = accelerator.prepare(torch.optim.SGD(g.parameters(), lr=0.0), torch.optim.SGD(d.parameters()))
-            og.optimizer.zero_grad = lambda set_to_none=True: None  # keep G's gradients to compare
-            result = steps.gan_step(accelerator, g, d, loss, og, od, batch, 0.5)
-            assert result.g_stepped
-            paths.append(result.g_adversarial_from_d_pass)
-            grads.append([p.grad.clone() for p in g.parameters()])
+        results, grads, n_g = _rescaled_and_second_pass(monkeypatch, Accelerator(cpu=True, mixed_precision=precision))
     finally:
         AcceleratorState._reset_state(True)
+    assert all(result.g_stepped for result in results)
+    paths = [result.g_adversarial_from_d_pass for result in results]
+    g_grads = [run[:n_g] for run in grads]
     if precision == "bf16":  # rescaled: the same gradient up to bf16 rounding inside D
         assert paths == [True, False]
-        for a, b in zip(*grads):
+        for a, b in zip(*g_grads):
             torch.testing.assert_close(a, b, rtol=0.02, atol=0.02 * b.abs().max().item())
     else:  # fp16: loss scaling must reach G's pass through D, so G's loss goes through D itself
         assert paths == [False, False]
-        for a, b in zip(*grads):
+        for a, b in zip(*g_grads):
             torch.testing.assert_close(a, b)
 
 

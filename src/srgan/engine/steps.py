@@ -249,7 +249,7 @@ def gan_step(
         sr_grad = _rescaled_input_grad(fake, fake_logits, d_logit_grad, g_logit_grad)
         from_d_pass = sr_grad is not None
         if sr_grad is None:
-            (sr_grad,) = torch.autograd.grad(fake_logits, fake, g_logit_grad.to(fake_logits.dtype))
+            (sr_grad,) = torch.autograd.grad(fake_logits, fake, g_logit_grad)
         # Content losses plus <SR, dLoss_adv/dSR>: the same gradient for G, through accelerate's scaling.
         accelerator.backward(
             content + (sr.float() * sr_grad.detach().float()).sum(), inputs=list(generator.parameters())
@@ -281,7 +281,7 @@ def _rescaled_input_grad(
         return None
     d_grad = d_logit_grad[0].detach().float().reshape(n)
     ratio = g_logit_grad.detach().float().reshape(n) / d_grad
-    usable = torch.isfinite(ratio).all() & (d_grad != 0).all() & (ratio.abs() <= MAX_LOGIT_GRAD_RATIO).all()
+    usable = torch.isfinite(ratio).all() & (ratio.abs() <= MAX_LOGIT_GRAD_RATIO).all()  # a zero gD: not finite
     if not bool(usable):
         return None
     return fake.grad.float() * ratio.reshape(n, *([1] * (fake.dim() - 1)))  # fp32: no bf16 rounding of the ratio
