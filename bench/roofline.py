@@ -36,7 +36,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer import OURS  # noqa: E402  (the reference's generator shape)
-from speed import BANDS, SCALE, TRAIN_LR, _compose  # noqa: E402
+from speed import BANDS, SCALE, TRAIN_LR, _compose, _timed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_JSON = ROOT / "bench" / "results" / "peer_cpu.json"
@@ -168,14 +167,7 @@ def weight_grad_gemm(grad_out: Any, x: Any, call: ConvCall) -> tuple[Any, Any]:
 
 
 def _median_ms(fn: Any, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return statistics.median(_timed(fn, warmup, repeats)) * 1e3
 
 
 def _rel_err(a: Any, b: Any) -> float:
@@ -279,12 +271,7 @@ def run(model: str, overrides: list[str], batch: int, warmup: int, repeats: int,
     d.train()
     hr = torch.rand(batch, BANDS, TRAIN_LR * SCALE, TRAIN_LR * SCALE)
     data = {"lr": torch.nn.functional.avg_pool2d(hr, SCALE), "hr": hr}
-    step_s = [0.0] * (warmup + steps)
-    for i in range(len(step_s)):
-        start = time.perf_counter()
-        gan_step(accelerator, g, d, loss, opt_g, opt_d, data, 0.01)
-        step_s[i] = time.perf_counter() - start
-    step_s = step_s[warmup:]
+    step_s = _timed(lambda: gan_step(accelerator, g, d, loss, opt_g, opt_d, data, 0.01), warmup, steps)
     calls = collect_calls(accelerator.unwrap_model(g), accelerator.unwrap_model(d), data["lr"], data["hr"])
     rows = []
     for call, count in calls.items():
