@@ -19,7 +19,8 @@ implementation torch offers on this machine, pass by pass:
 Every alternative is first checked against ``convolution_backward`` on NCHW (relative error below
 1e-4). Sums, over the step's calls:
 
-* ``native``: what the step runs today (NCHW, channels-last for ``BandConv2d``);
+* ``native``: what the step runs today (NCHW; ``BandConv2d``: forward in channels-last, input
+  gradient as a flipped-kernel conv and weight gradient in NCHW);
 * ``best``: the fastest implementation of each pass of each call, free layout changes included.
   No real step can beat this: it takes every best kernel and ignores the copies between layouts,
   the activations, losses and the optimizer.
@@ -64,7 +65,8 @@ class ConvCall:
     groups: int
     bias: bool
     input_grad: bool
-    channels_last: bool  # the step computes it in NHWC (srgan's BandConv2d on the CPU)
+    channels_last: bool  # the step computes its forward in NHWC (srgan's BandConv2d on the CPU)
+    nchw_backward: bool  # ... and its gradients in NCHW (BandConv2d when training)
 
     def out_hw(self) -> tuple[int, int]:
         return tuple(  # type: ignore[return-value]
@@ -112,6 +114,7 @@ def collect_calls(generator: Any, discriminator: Any, lr: Any, hr: Any) -> Count
                     module.bias is not None,
                     bool(x.requires_grad),
                     isinstance(module, BandConv2d) and x.device.type == "cpu",
+                    isinstance(module, BandConv2d) and x.device.type == "cpu" and module._split_backward(x),
                 )
             ] += 1
 
@@ -235,13 +238,17 @@ def time_call(call: ConvCall, warmup: int, repeats: int) -> dict[str, Any]:
                 raise AssertionError(f"{call.label()}: weight gradient by {name} is off by {err:.2e}")
             result["weight_grad"][name] = _median_ms(fn, warmup, repeats)
     native_layout = "nhwc" if call.channels_last else "nchw"
-    x, w, g = (
-        t.contiguous(memory_format=torch.channels_last if call.channels_last else torch.contiguous_format)
-        for t in (x0, w0, g0)
-    )
-    native_ms = result["forward"][f"onednn_{native_layout}"] + _median_ms(
-        lambda: native_bwd(g, x, w, [call.input_grad, True, call.bias]), warmup, repeats
-    )
+    native_ms = result["forward"][f"onednn_{native_layout}"]
+    if call.nchw_backward:  # srgan.models.blocks._ChannelsLastForwardNCHWBackward
+        native_ms += result["weight_grad"]["onednn_nchw"]
+        native_ms += result["input_grad"]["flipped_conv_nchw"] if call.input_grad else 0.0
+    else:
+        x, w, g = (
+            t.contiguous(memory_format=torch.channels_last if call.channels_last else torch.contiguous_format)
+            for t in (x0, w0, g0)
+        )
+        mask = [call.input_grad, True, call.bias]
+        native_ms += _median_ms(lambda: native_bwd(g, x, w, mask), warmup, repeats)
     best = {p: (min(v, key=v.get), min(v.values())) for p, v in result.items() if v}
     return {
         "call": call.label(),

@@ -76,7 +76,7 @@ def test_roofline_gemm_weight_gradient_equals_convolution_backward(kernel, paddi
         g, x, w, [3] if bias else None, [1, 1], [padding] * 2, [1, 1], False, [0, 0], 1, [False, True, bias]
     )
     k, p = (kernel, kernel), (padding, padding)
-    call = roofline.ConvCall("G", tuple(x.shape), 3, k, (1, 1), p, (1, 1), 1, bias, True, False)
+    call = roofline.ConvCall("G", tuple(x.shape), 3, k, (1, 1), p, (1, 1), 1, bias, True, False, False)
     mine_w, mine_b = roofline.weight_grad_gemm(g, x, call)
     torch.testing.assert_close(mine_w, dw)
     if bias:
@@ -106,8 +106,10 @@ def test_roofline_finds_the_convolutions_of_the_fused_step():
     first_d = [c for c in calls if c.net == "D" and c.in_shape[1] == 4]
     assert sorted(c.input_grad for c in first_d) == [False, True]
     assert [c.input_grad for c in calls if c.net == "G" and c.in_shape[1] == 4] == [False]
-    # srgan's band-out tail is computed channels-last on the CPU; the step's other convs are not.
-    assert [c.out_channels for c in calls if c.channels_last] == [4]
+    # srgan's band-out tail computes its forward channels-last on the CPU and, training, its gradients
+    # in NCHW; the step's other convs are plain NCHW.
+    assert [(c.out_channels, c.nchw_backward) for c in calls if c.channels_last] == [(4, True)]
+    assert not any(c.nchw_backward for c in calls if not c.channels_last)
 
 
 def test_roofline_script_times_every_pass_of_every_call(tmp_path):

@@ -246,3 +246,50 @@ def test_band_conv_matches_conv2d_and_keeps_the_layout():
     assert torch.allclose(grad_band, x.grad, atol=1e-4)
     nhwc = x.detach().contiguous(memory_format=torch.channels_last)
     assert band(nhwc).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("kernel,bias", [(9, True), (3, False), (4, True)])
+def test_band_conv_training_gradients_match_conv2d(kernel, bias):
+    """Training on the CPU takes the channels-last forward / NCHW backward path; its gradients are Conv2d's."""
+    from srgan.models.blocks import BandConv2d
+
+    torch.manual_seed(0)
+    band = BandConv2d(16, 4, kernel, padding=kernel // 2, bias=bias)
+    plain = torch.nn.Conv2d(16, 4, kernel, padding=kernel // 2, bias=bias)
+    plain.load_state_dict(band.state_dict())
+    x = torch.randn(2, 16, 20, 24, requires_grad=True)
+    grads = {}
+    for name, conv in (("band", band), ("plain", plain)):
+        y = conv(x)
+        if name == "band":
+            assert type(y.grad_fn).__name__ == "_ChannelsLastForwardNCHWBackwardBackward"
+            assert y.is_contiguous() and y.shape == plain(x).shape
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads[name] = [t.grad.clone() for t in (x, *conv.parameters())]
+        x.grad = None
+    for got, want in zip(grads["band"], grads["plain"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # Without gradients (inference) and under bf16 autocast it is the plain channels-last conv.
+    with torch.no_grad():
+        assert band(x).grad_fn is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = band(x)
+    assert type(y.grad_fn).__name__ != "_ChannelsLastForwardNCHWBackwardBackward"
+    y.float().sum().backward()
+    assert x.grad is not None
+
+
+def test_band_conv_split_backward_is_twice_differentiable():
+    from srgan.models.blocks import _ChannelsLastForwardNCHWBackward as Split
+
+    torch.manual_seed(0)
+    for kernel, padding in ((3, 1), (5, 2), (3, 0)):
+        x = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(2, 3, kernel, kernel, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+        def fn(x, w, b, padding=padding):
+            return Split.apply(x, w, b, (padding, padding))
+
+        assert torch.autograd.gradcheck(fn, (x, w, b))
+        assert torch.autograd.gradgradcheck(fn, (x, w, b))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,21 +35,76 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
+class _ChannelsLastForwardNCHWBackward(torch.autograd.Function):
+    """Stride-1 conv2d: forward on a channels-last copy of the input, gradients in NCHW.
+
+    The fastest kernels differ by pass for a many-to-few-channel conv on the CPU
+    (``bench/roofline.py``, 64 -> 4 at 128 px): the forward in channels-last, the input gradient as
+    a forward conv of the NCHW output gradient with the flipped, transposed kernel, the weight
+    gradient from oneDNN's NCHW kernel on the NCHW input that is saved here. No layout copy in the
+    backward pass. The backward is built from differentiable ops, so double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, 1, padding).contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        (ph, pw), (kh, kw) = ctx.padding, weight.shape[2:]
+        needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if needs_x:
+            grad_x = F.conv2d(grad_out, weight.flip(2, 3).transpose(0, 1), None, 1, (kh - 1 - ph, kw - 1 - pw))
+        if needs_w or needs_b:
+            bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, bias_sizes, [1, 1], [ph, pw], [1, 1], False, [0, 0], 1, [False, needs_w, needs_b]
+            )
+        return grad_x, grad_w, grad_b, None
+
+
 class BandConv2d(nn.Conv2d):
     """A ``Conv2d`` for a generator's last layer: many features in, a few bands out, at HR.
 
     On the CPU, oneDNN's NCHW kernels vectorise over output channels, so a 64 -> 4 band conv at HR
     runs at a fraction of the machine's speed (9x9: 12 against 61 GFLOP/s forward, measured here);
-    in NHWC it does not care. This layer computes in channels-last there and hands back the
-    input's layout, so its neighbours keep theirs. (For the discriminator's 4 -> 64 first conv the
-    round trip cost more than it saved, so it stays a plain ``Conv2d``.) Same parameters and
-    state-dict keys as ``Conv2d``; on other devices it is a plain ``Conv2d``.
+    in NHWC it does not care. This layer computes its forward in channels-last there and hands back
+    the input's layout, so its neighbours keep theirs. Its gradients are faster in NCHW, so for an
+    NCHW float32 input that needs gradients (training) they are computed there, from the NCHW
+    input (``_ChannelsLastForwardNCHWBackward``; stride 1, the only stride a generator tail uses).
+    (For the discriminator's 4 -> 64 first conv the round trip cost more than it saved, so it
+    stays a plain ``Conv2d``.) Same parameters and state-dict keys as ``Conv2d``; on other
+    devices it is a plain ``Conv2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)
+        if self._split_backward(x):
+            return _ChannelsLastForwardNCHWBackward.apply(x, self.weight, self.bias, self.padding)
         return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+    def _split_backward(self, x: torch.Tensor) -> bool:
+        kh, kw = self.kernel_size
+        ph, pw = self.padding if not isinstance(self.padding, str) else (-1, -1)
+        return (
+            torch.is_grad_enabled()
+            and (x.requires_grad or self.weight.requires_grad)
+            and x.dtype == self.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and self.stride == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and 0 <= ph <= kh - 1
+            and 0 <= pw <= kw - 1
+        )
 
 
 class ResidualBlock(nn.Module):
