@@ -271,8 +271,11 @@ def test_band_conv_training_gradients_match_conv2d(kernel, bias):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     # Without gradients (inference) and under bf16 autocast it is the plain channels-last conv.
     with torch.no_grad():
-        assert band(x).grad_fn is None
+        assert not band._split_backward(x)
+        torch.testing.assert_close(band(x), plain(x), rtol=1e-4, atol=1e-5)
+    assert band._split_backward(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not band._split_backward(x)
         y = band(x)
     assert type(y.grad_fn).__name__ != "_ChannelsLastForwardNCHWBackwardBackward"
     y.float().sum().backward()
