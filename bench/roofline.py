@@ -44,7 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer import OURS  # noqa: E402  (the reference's generator shape)
-from speed import BANDS, SCALE, TRAIN_LR, _compose, _timed  # noqa: E402
+from speed import _timed  # noqa: E402
+from step_ab import gan_setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_JSON = ROOT / "bench" / "results" / "peer_cpu.json"
@@ -101,6 +102,7 @@ def collect_calls(generator: Any, discriminator: Any, lr: Any, hr: Any) -> Count
     def hook(net: str) -> Any:
         def record(module: nn.Conv2d, args: tuple[Any, ...], _out: Any) -> None:
             x = args[0]
+            band = isinstance(module, BandConv2d) and x.device.type == "cpu"  # forward in channels-last
             calls[
                 ConvCall(
                     net,
@@ -113,8 +115,8 @@ def collect_calls(generator: Any, discriminator: Any, lr: Any, hr: Any) -> Count
                     module.groups,
                     module.bias is not None,
                     bool(x.requires_grad),
-                    isinstance(module, BandConv2d) and x.device.type == "cpu",
-                    isinstance(module, BandConv2d) and x.device.type == "cpu" and module._split_backward(x),
+                    band,
+                    band and module._split_backward(x),
                 )
             ] += 1
 
@@ -262,22 +264,12 @@ def time_call(call: ConvCall, warmup: int, repeats: int) -> dict[str, Any]:
 
 def run(model: str, overrides: list[str], batch: int, warmup: int, repeats: int, steps: int) -> dict[str, Any]:
     import torch
-    from accelerate import Accelerator
 
     from srgan.engine.steps import gan_step
-    from srgan.train import build_networks
 
-    cfg = _compose(model, ["loss.weights.adversarial=0.01", *overrides])
+    cfg, accelerator, g, d, loss, opt_g, opt_d, data = gan_setup(model, overrides, batch)
     if cfg.trainer.channels_last or cfg.trainer.precision != "no":
         raise ValueError("roofline.py times fp32 NCHW training (trainer.channels_last=false, trainer.precision=no)")
-    torch.manual_seed(0)
-    accelerator = Accelerator(cpu=True)
-    g, d, loss, opt_g, opt_d = build_networks(cfg, accelerator.device)
-    g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
-    g.train()
-    d.train()
-    hr = torch.rand(batch, BANDS, TRAIN_LR * SCALE, TRAIN_LR * SCALE)
-    data = {"lr": torch.nn.functional.avg_pool2d(hr, SCALE), "hr": hr}
     step_s = _timed(lambda: gan_step(accelerator, g, d, loss, opt_g, opt_d, data, 0.01), warmup, steps)
     calls = collect_calls(accelerator.unwrap_model(g), accelerator.unwrap_model(d), data["lr"], data["hr"])
     rows = []

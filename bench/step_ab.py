@@ -32,13 +32,11 @@ from peer import OURS  # noqa: E402  (the reference's generator shape)
 from speed import BANDS, SCALE, TRAIN_LR, _compose, _sync  # noqa: E402
 
 
-def run(
-    model: str, rounds: int, batch: int, overrides: list[str], device: str = "cpu", precision: str = "no"
-) -> dict[str, Any]:
+def gan_setup(model: str, overrides: list[str], batch: int, device: str = "cpu", precision: str = "no") -> Any:
+    """Config, accelerator, prepared G / D (train mode), loss, optimizers and one random batch for GAN steps."""
     import torch
     from accelerate import Accelerator
 
-    import srgan.engine.steps as steps
     from srgan.train import build_networks
 
     cfg = _compose(model, ["loss.weights.adversarial=0.01", *overrides])
@@ -46,11 +44,20 @@ def run(
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision)
     g, d, loss, opt_g, opt_d = build_networks(cfg, accelerator.device)
     g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)
-    d_module = accelerator.unwrap_model(d)
     g.train()
     d.train()
     hr = torch.rand(batch, BANDS, TRAIN_LR * SCALE, TRAIN_LR * SCALE, device=accelerator.device)
     data = {"lr": torch.nn.functional.avg_pool2d(hr, SCALE), "hr": hr}
+    return cfg, accelerator, g, d, loss, opt_g, opt_d, data
+
+
+def run(
+    model: str, rounds: int, batch: int, overrides: list[str], device: str = "cpu", precision: str = "no"
+) -> dict[str, Any]:
+    import srgan.engine.steps as steps
+
+    _, accelerator, g, d, loss, opt_g, opt_d, data = gan_setup(model, overrides, batch, device, precision)
+    d_module = accelerator.unwrap_model(d)
     limit = steps.MAX_LOGIT_GRAD_RATIO
     from_d_pass: dict[str, list[bool]] = {"shared": [], "second_pass": []}
 

@@ -49,7 +49,6 @@ class _ChannelsLastForwardNCHWBackward(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]):
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
-        ctx.has_bias = bias is not None
         return F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, 1, padding).contiguous()
 
     @staticmethod
@@ -62,7 +61,7 @@ class _ChannelsLastForwardNCHWBackward(torch.autograd.Function):
         if needs_x:
             grad_x = F.conv2d(grad_out, weight.flip(2, 3).transpose(0, 1), None, 1, (kh - 1 - ph, kw - 1 - pw))
         if needs_w or needs_b:
-            bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+            bias_sizes = [weight.shape[0]] if needs_b else None
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad_out, x, weight, bias_sizes, [1, 1], [ph, pw], [1, 1], False, [0, 0], 1, [False, needs_w, needs_b]
             )
