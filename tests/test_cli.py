@@ -251,4 +251,5 @@ def test_two_process_ddp_run_makes_one_folder_and_one_mlflow_run(tmp_path):
     assert ranks["processes"] == 2 and len(set(ranks["weights_sha256"])) == 1
     assert only.data.tags["weights_identical_across_ranks"].startswith("2 processes")
     checkpoint = tmp_path / "runs" / "ddp" / "checkpoints" / "step-00000004"
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
+    assert {"rng_rank0.safetensors", "rng_rank1.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    assert not list(checkpoint.glob("*.pkl")) and not list(checkpoint.glob("*.bin"))  # nothing pickled

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from srgan.config import ConfigError, validate_training_config
 from srgan.engine.checkpoint import find_checkpoint
+from srgan.engine.state_io import load_tree
 from srgan.engine.ema import EMA
 from srgan.engine.health import GANHealth
 from srgan.engine.loop import NonFiniteError
@@ -24,9 +25,9 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def adam_steps(path) -> list[int]:
-    """Optimizer steps taken, read from an accelerate checkpoint's optimizer state."""
-    state = torch.load(path, weights_only=True)["state"]
+def adam_steps(stem) -> list[int]:
+    """Optimizer steps taken, read from a checkpoint's optimizer state (``optimizer_g`` / ``optimizer_d``)."""
+    state = load_tree(stem)["state"]
     return sorted({int(s["step"]) for s in state.values()})
 
 
@@ -119,12 +120,12 @@ def test_discriminator_warmup_interval_and_steps_per_g(tmp_path, tiny_overrides)
     result = train(compose_config("train", tiny_overrides + overrides), tmp_path / "run")
     last = result["run_dir"] / "checkpoints" / "step-00000006"
     # G: 6 steps. D: 3 warm-up steps, then at generator steps 2 and 4 (every 2nd from step 2), 2 each.
-    assert adam_steps(last / "optimizer.bin") == [6]
-    assert adam_steps(last / "optimizer_1.bin") == [3 + 2 * 2]
+    assert adam_steps(last / "optimizer_g") == [6]
+    assert adam_steps(last / "optimizer_d") == [3 + 2 * 2]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     assert history(client, result["run_id"], "train/d_warmup_steps_done")[-1] == (6, 3.0)
     # Data position: 6 G batches + 3 warm-up + 2 extra D batches.
-    state = torch.load(last / "custom_checkpoint_1.pkl", weights_only=True)
+    state = load_tree(last / "train_state")
     assert state["batches"] == 11 and state["step"] == 6
 
 
@@ -146,7 +147,7 @@ def test_holdback_skips_discriminator_updates_while_it_is_confident(tmp_path, ti
     ]
     result = train(compose_config("train", tiny_overrides + overrides), tmp_path / "run")
     last = result["run_dir"] / "checkpoints" / "step-00000006"
-    assert adam_steps(last / "optimizer_1.bin") == [2]  # 4 adversarial steps, 2 held back
+    assert adam_steps(last / "optimizer_d") == [2]  # 4 adversarial steps, 2 held back
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     held = [v for _, v in history(client, result["run_id"], "train/d_held_back")]
     assert sum(held) == 2
@@ -371,11 +372,11 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path, tiny_overrides)
         compose_config("train", tiny_overrides + common + ["trainer.batch_size=2", "trainer.grad_accumulation=2"]),
         tmp_path / "acc",
     )
-    a = torch.load(big["run_dir"] / "checkpoints" / "step-00000003" / "custom_checkpoint_0.pkl", weights_only=True)
-    b = torch.load(acc["run_dir"] / "checkpoints" / "step-00000003" / "custom_checkpoint_0.pkl", weights_only=True)
+    a = load_tree(big["run_dir"] / "checkpoints" / "step-00000003" / "ema")
+    b = load_tree(acc["run_dir"] / "checkpoints" / "step-00000003" / "ema")
     for key, value in a["module"].items():
         torch.testing.assert_close(value, b["module"][key], rtol=1e-4, atol=1e-6)
-    assert adam_steps(acc["run_dir"] / "checkpoints" / "step-00000003" / "optimizer.bin") == [3]
+    assert adam_steps(acc["run_dir"] / "checkpoints" / "step-00000003" / "optimizer_g") == [3]
 
 
 # -- non-finite steps ----------------------------------------------------------------------------
@@ -460,12 +461,11 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
     root = tmp_path / "run" / "checkpoints"
     good = root / "step-00000004"
     good.mkdir(parents=True)
-    (good / "model.safetensors").write_bytes(b"x")
     (good / "checkpoint.json").write_text("{}")
     (root / "step-00000008.tmp").mkdir()  # killed mid-write
     unmarked = root / "step-00000006"  # written by hand, or marker lost
     unmarked.mkdir()
-    (unmarked / "model.safetensors").write_bytes(b"x")
+    (unmarked / "generator.safetensors").write_bytes(b"x")
     assert find_checkpoint(tmp_path / "run") == good
     assert find_checkpoint(good) == good
     assert find_checkpoint(tmp_path / "elsewhere") is None

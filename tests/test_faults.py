@@ -71,7 +71,7 @@ def test_sigkill_at_a_random_step_then_resume_auto_matches_an_uninterrupted_run(
     a = load_file(str(tmp_path / "straight" / "model" / "generator.safetensors"))
     b = load_file(str(victim / "model" / "generator.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a), f"EMA generator differs (killed after checkpoint {killed_at})"
-    for name in ("model.safetensors", "model_1.safetensors"):  # raw G and D
+    for name in ("generator.safetensors", "discriminator.safetensors"):  # raw G and D
         a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000040" / name))
         b = load_file(str(victim / "checkpoints" / "step-00000040" / name))
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs (killed after checkpoint {killed_at})"

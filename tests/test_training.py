@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from srgan.engine.checkpoint import load_model
 from srgan.engine.ema import EMA
 from srgan.engine.schedules import AdversarialRamp
+from srgan.engine.state_io import load_tree
 from srgan.train import train
 from tests.conftest import compose_config
 
@@ -52,7 +53,7 @@ def test_tiny_run_logs_everything_and_exports_the_ema_generator(tmp_path, tiny_o
 
     # The released weights are the EMA generator's, bit for bit, and rebuild without the training config.
     exported = load_file(str(run_dir / "model" / "generator.safetensors"))
-    ema_state = torch.load(run_dir / "checkpoints" / "step-00000006" / "custom_checkpoint_0.pkl", weights_only=True)
+    ema_state = load_tree(run_dir / "checkpoints" / "step-00000006" / "ema")
     for key, value in exported.items():
         torch.testing.assert_close(value, ema_state["module"][key])
     model = load_model(run_dir)

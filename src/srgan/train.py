@@ -29,7 +29,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from srgan.config import CONF_DIR, ConfigError, validate_training_config
-from srgan.engine.checkpoint import CheckpointManager, export_model, find_checkpoint
+from srgan.engine.checkpoint import (
+    CheckpointManager,
+    checkpoint_pieces,
+    export_model,
+    find_checkpoint,
+    load_checkpoint,
+)
 from srgan.engine.ema import EMA
 from srgan.engine.health import PROBABILISTIC_GAN_TYPES, GANHealth
 from srgan.engine.loop import Cadence, Parts, TrainState, fit
@@ -204,9 +210,22 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     )
     ema.module.to(accelerator.device)
     state = TrainState()
-    accelerator.register_for_checkpointing(ema, state, lr_g, lr_d, health)
+    # Resume state is data srgan writes and reads itself (JSON + safetensors), never a pickle.
+    pieces = checkpoint_pieces(
+        accelerator,
+        {"generator": generator, "discriminator": discriminator},
+        {
+            "optimizer_g": optimizer_g,
+            "optimizer_d": optimizer_d,
+            "ema": ema,
+            "train_state": state,
+            "lr_g": lr_g,
+            "lr_d": lr_d,
+            "health": health,
+        },
+    )
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint, pieces)
         log.info("resuming from %s at step %d", checkpoint, state.step)
     elif settings.resume == "auto":
         log.info("resume=auto: no checkpoint in %s, starting from scratch", run_dir)
@@ -298,6 +317,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     checkpoints = CheckpointManager(
         accelerator,
         run_dir / "checkpoints",
+        pieces,
         trainer.checkpoint.keep_last,
         trainer.checkpoint.best_metric,
         trainer.checkpoint.best_mode,

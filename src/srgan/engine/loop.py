@@ -52,7 +52,13 @@ class TrainState:
         return dict(vars(self))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        expected = set(vars(self))
+        if set(state) != expected:
+            raise ValueError(f"train state keys {sorted(state)} differ from {sorted(expected)}")
         for key, value in state.items():
+            ok = isinstance(value, str) or value is None if key == "run_id" else isinstance(value, int)
+            if not ok or isinstance(value, bool):
+                raise ValueError(f"train state {key}={value!r} has the wrong type")
             setattr(self, key, value)
 
 
