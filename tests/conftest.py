@@ -75,3 +75,40 @@ def small_geotiff(tmp_path: Path) -> Path:
     base = 1500 + 800 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
     data = np.stack([base + 100 * b + rng.normal(0, 20, base.shape) for b in range(4)]).astype(np.uint16)
     return write_geotiff(tmp_path / "small.tif", data, ["B04", "B03", "B02", "B08"])
+
+
+TINY_GENERATOR = {
+    "_target_": "srgan.models.RCABGenerator",
+    "in_channels": 4,
+    "out_channels": 4,
+    "scale": 4,
+    "n_channels": 8,
+    "n_blocks": 1,
+    "reduction": 4,
+}
+
+
+def model_card(generator: dict | None = None, normalization: dict | None = None, dtype: str = "uint16") -> dict:
+    """A released model's config.yaml as srgan writes it, for the tiny 4-band x4 RCAB generator."""
+    return {
+        "generator": generator or dict(TINY_GENERATOR),
+        "data": {
+            "scale": 4,
+            "bands": ["B04", "B03", "B02", "B08"],
+            "band_names": ["B04", "B03", "B02", "B08"],
+            "dtype": dtype,
+            "normalization": normalization
+            or {"_target_": "srgan.data.normalization.LinearScale", "scale": 10000.0, "offset": 0.0},
+        },
+        "source": {"mlflow_run_id": None, "step": 0, "weights": "EMA generator"},
+    }
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """An exported (untrained) tiny generator: generator.safetensors + config.yaml."""
+    from srgan.engine.checkpoint import export_model
+    from srgan.models import RCABGenerator
+
+    kwargs = {k: v for k, v in TINY_GENERATOR.items() if k != "_target_"}
+    return export_model(RCABGenerator(**kwargs), model_card(), tmp_path / "model")

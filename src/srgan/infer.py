@@ -35,7 +35,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from srgan.config import CONF_DIR
-from srgan.data.rasters import RasterError, _band_indices, to_dtype
+from srgan.data.rasters import RasterError, select_bands, to_dtype
 from srgan.devices import pick_device
 from srgan.engine.checkpoint import ExportedModel, load_model
 from srgan.fidelity import quantile_maps
@@ -105,13 +105,17 @@ def super_resolve_file(
         if channels_last:
             generator.to(memory_format=torch.channels_last)
         with rasterio.open(input_path) as src:
-            indices = _band_indices(input_path, src.descriptions, src.count, list(bands) if bands else model.band_names)
+            chosen = select_bands(input_path, src, list(bands) if bands else model.band_names)
+            indices = chosen.indices
             if len(indices) != len(model.band_names):
                 raise RasterError(
                     f"{input_path}: {len(indices)} bands selected, the model was trained on {len(model.band_names)} "
                     f"({', '.join(model.band_names)})"
                 )
-            height, width, dtype, nodata = src.height, src.width, src.dtypes[indices[0] - 1], src.nodata
+            height, width, dtype, nodata = src.height, src.width, chosen.dtype, src.nodata
+            if nodata is None and np.dtype(dtype).kind == "f":
+                # NaN is a float raster's nodata whether or not the file says so: it stays NaN in SR.
+                nodata = float("nan")
             profile = dict(
                 driver="GTiff",
                 width=width * s,

@@ -32,10 +32,9 @@ from rasterio.windows import Window
 from torch.utils.data import ConcatDataset, Dataset
 
 from srgan.data.degradation import Resample
-from srgan.data.rasters import RasterError, _band_indices
+from srgan.data.rasters import RasterError, select_bands
 from srgan.data.splits import SPLITS, column_blocks
 
-SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 NAN_POLICIES = ("mask", "reject")
 
 
@@ -106,16 +105,13 @@ class GeoTiffSource:
             raise RasterError(f"{self.path}: no such file")
         try:
             with rasterio.open(self.path) as src:
-                self.indices = _band_indices(self.path, src.descriptions, src.count, bands)
-                self.band_names = [src.descriptions[i - 1] or f"band{i}" for i in self.indices]
-                self.dtype = src.dtypes[self.indices[0] - 1]
+                chosen = select_bands(self.path, src, bands)
+                self.indices, self.band_names, self.dtype = chosen.indices, chosen.names, chosen.dtype
                 self.nodata = src.nodata
                 self.height, self.width = src.height, src.width
                 self.transform, self.crs = src.transform, src.crs
         except RasterioError as err:
             raise RasterError(f"{self.path}: cannot read as a raster ({err})") from err
-        if self.dtype not in SUPPORTED_DTYPES:
-            raise RasterError(f"{self.path}: unsupported data type {self.dtype}; supported: {SUPPORTED_DTYPES}")
         self._handle = None
         self._pid = None
 

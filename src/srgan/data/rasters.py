@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -16,8 +18,53 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 
+log = logging.getLogger(__name__)
+
+# Real-valued data types whose values a network can be trained on and written back in. Complex data
+# would lose its imaginary part and int8 its sign in most toolchains downstream: both are refused,
+# by training, evaluation and inference alike (one rule: ``select_bands``).
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
 class RasterError(ValueError):
     """A raster that cannot be used: unreadable, missing a band, wrong shape. Names the file."""
+
+
+@dataclass
+class BandSelection:
+    """The bands of an open raster that a run uses: 1-based indices, names and their one data type."""
+
+    indices: list[int]
+    names: list[str]
+    dtype: str
+
+
+def select_bands(path: Path, src: Any, bands: Sequence[str | int] | None) -> BandSelection:
+    """Resolve ``bands`` in an open rasterio dataset and check what every entry point needs: each
+    band once, one supported data type across them. A file without georeference (a PNG renamed
+    .tif, a bare array) is used but logged, since its outputs will have no CRS either."""
+    indices = _band_indices(path, src.descriptions, src.count, bands)
+    seen: dict[int, str | int] = {}
+    for band, index in zip(bands or indices, indices):
+        if index in seen:
+            raise RasterError(f"{path}: band {band!r} is selected twice (as {seen[index]!r} and {band!r})")
+        seen[index] = band
+    dtypes = {src.dtypes[i - 1] for i in indices}
+    if len(dtypes) > 1:
+        per_band = ", ".join(f"{i}: {src.dtypes[i - 1]}" for i in indices)
+        raise RasterError(f"{path}: the selected bands have different data types ({per_band})")
+    dtype = dtypes.pop()
+    if dtype not in SUPPORTED_DTYPES:
+        raise RasterError(f"{path}: unsupported data type {dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
+    if src.crs is None:
+        log.warning(
+            "%s: no CRS (driver %s%s); outputs made from it will not be georeferenced",
+            path,
+            src.driver,
+            ", no geotransform" if src.transform.is_identity else "",
+        )
+    names = [src.descriptions[i - 1] or f"band{i}" for i in indices]
+    return BandSelection(indices, names, dtype)
 
 
 @dataclass
@@ -64,11 +111,10 @@ def read_raster(
         raise RasterError(f"{path}: no such file")
     try:
         with rasterio.open(path) as src:
-            indices = _band_indices(path, src.descriptions, src.count, bands)
-            data = src.read(indices, window=window)
+            chosen = select_bands(path, src, bands)
+            data = src.read(chosen.indices, window=window)
             transform = src.window_transform(window) if window is not None else src.transform
-            names = [src.descriptions[i - 1] or f"band{i}" for i in indices]
-            return Raster(data, transform, src.crs, names, src.dtypes[indices[0] - 1], src.nodata)
+            return Raster(data, transform, src.crs, chosen.names, chosen.dtype, src.nodata)
     except RasterioError as err:
         raise RasterError(f"{path}: cannot read as a raster ({err})") from err
 

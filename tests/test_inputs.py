@@ -1,0 +1,73 @@
+"""Rasters a user feeds in that used to give exit 0 and a wrong result: NaN without a nodata tag,
+data types that lose information, bands selected twice, files without georeference."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import rasterio
+
+from srgan.data.datasets import GeoTiffSource
+from srgan.data.rasters import RasterError
+from srgan.infer import super_resolve_file
+from tests.conftest import write_geotiff
+
+
+def smooth(rows: int = 40, cols: int = 48, bands: int = 4) -> np.ndarray:
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    base = 1500 + 600 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
+    return np.stack([base + 100 * b for b in range(bands)])
+
+
+def test_nan_without_a_nodata_tag_stays_nan_in_the_output(model_dir, tmp_path):
+    data = smooth().astype(np.float32)
+    data[:, 10:14, 20:25] = np.nan  # a hole in every band
+    data[2, 30, 5] = np.nan  # and one in one band
+    src = write_geotiff(tmp_path / "float.tif", data, ["B04", "B03", "B02", "B08"])
+    with rasterio.open(src) as f:
+        assert f.nodata is None
+    out = super_resolve_file(model_dir, src, tmp_path / "sr.tif", tile=16, overlap=4, progress=False)["output"]
+    with rasterio.open(out) as f:
+        sr = f.read()
+        assert f.nodata is not None and math.isnan(f.nodata)
+    hole = np.zeros(data.shape[1:], bool)
+    hole[10:14, 20:25] = True
+    hole[30, 5] = True
+    blocks = np.repeat(np.repeat(hole, 4, 0), 4, 1)
+    assert np.isnan(sr[:, blocks]).all()
+    assert np.isfinite(sr[:, ~blocks]).all()
+    # The untrained generator is bicubic: valid output stays in the input's range, nothing invented.
+    assert np.nanmin(sr) > 0.5 * np.nanmin(data)
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "int8"])
+def test_infer_and_training_refuse_the_same_data_types(model_dir, tmp_path, dtype):
+    data = smooth().astype(np.float32)
+    values = (data / 100).astype(dtype) if dtype == "int8" else (data + 1j * data).astype(dtype)
+    src = write_geotiff(tmp_path / f"{dtype}.tif", values, ["B04", "B03", "B02", "B08"])
+    with pytest.raises(RasterError, match=rf"{src}.*unsupported data type {dtype}"):
+        super_resolve_file(model_dir, src, tmp_path / "sr.tif", tile=16, overlap=4, progress=False)
+    assert not (tmp_path / "sr.tif").exists()
+    with pytest.raises(RasterError, match=rf"{src}.*unsupported data type {dtype}"):
+        GeoTiffSource(src, None)
+
+
+def test_a_band_selected_twice_is_refused(model_dir, tmp_path):
+    src = write_geotiff(tmp_path / "in.tif", smooth().astype(np.uint16), ["B04", "B03", "B02", "B08"])
+    with pytest.raises(RasterError, match=rf"{src}: band 1 is selected twice"):
+        super_resolve_file(model_dir, src, tmp_path / "sr.tif", bands=[1, 1, 1, 1], progress=False)
+    with pytest.raises(RasterError, match="selected twice"):
+        GeoTiffSource(src, ["B04", "B03", 1, "B08"])
+
+
+def test_a_png_renamed_tif_is_named_in_a_warning(model_dir, tmp_path, caplog):
+    png = tmp_path / "picture.tif"
+    data = (smooth() / 20).astype(np.uint8)
+    with rasterio.open(png, "w", driver="PNG", width=48, height=40, count=4, dtype="uint8") as dst:
+        dst.write(data)
+    with caplog.at_level(logging.WARNING, logger="srgan.data.rasters"):
+        super_resolve_file(model_dir, png, tmp_path / "sr.tif", [1, 2, 3, 4], tile=16, overlap=4, progress=False)
+    assert any(str(png) in r.message and "no CRS" in r.message and "PNG" in r.message for r in caplog.records)
