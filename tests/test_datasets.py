@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from rasterio.windows import Window
 from torch.utils.data import DataLoader
 
 from srgan.config import CONF_DIR
@@ -233,9 +234,12 @@ def test_bad_rasters_are_named_before_training(tmp_path, small_geotiff):
         raster(tmp_path / "missing.tif")
     with pytest.raises(RasterError, match=r"small\.tif: no band named 'B11'"):
         raster(small_geotiff, bands=["B04", "B11"], num_bands=2)
-    tiny = write_geotiff(tmp_path / "tiny.tif", np.ones((4, 12, 12), np.uint16), ["B04", "B03", "B02", "B08"])
-    with pytest.raises(RasterError, match=r"tiny\.tif: 12x12 px is smaller than a patch"):
-        raster(tiny)
+    tiny = write_geotiff(tmp_path / "tiny.tif", np.ones((4, 12, 120), np.uint16), ["B04", "B03", "B02", "B08"])
+    with pytest.raises(RasterError, match=r"tiny\.tif: 12x120 px is smaller than a patch"):
+        raster(tiny).train_dataset(4, 0)
+    narrow = write_geotiff(tmp_path / "narrow.tif", np.ones((4, 12, 12), np.uint16), ["B04", "B03", "B02", "B08"])
+    with pytest.raises(RasterError, match=r"narrow\.tif: split 'train' gets no columns out of width 12"):
+        raster(narrow)
     complex_ = write_geotiff(tmp_path / "complex.tif", np.ones((4, 64, 64), np.complex64), ["B04", "B03", "B02", "B08"])
     with pytest.raises(RasterError, match=r"complex\.tif: unsupported data type complex64"):
         raster(complex_)
@@ -358,3 +362,47 @@ def test_bundled_20m_and_naip_samples_are_what_the_configs_say():
         assert src.descriptions == ("R", "G", "B", "NIR")
         assert src.res == (5.0, 5.0) and src.crs.to_epsg() == 26914 and src.dtypes[0] == "uint8"
     assert (sample / "README.md").read_text().count("Contains modified Copernicus Sentinel data 2016") >= 2
+
+
+def test_only_the_split_that_is_used_must_hold_a_patch(tmp_path):
+    """A small foreign raster evaluated on its test area: its narrow val area must not matter."""
+    data = (1000 + 500 * np.random.default_rng(0).random((4, 40, 200))).astype(np.uint16)
+    path = write_geotiff(tmp_path / "foreign.tif", data, ["B04", "B03", "B02", "B08"])
+    split = {"fractions": {"train": 0.2, "val": 0.05, "test": 0.75}, "gap": 0, "axis": "columns"}
+    ds = raster(path, patch_size=16, split=split)
+    (region,) = ds.regions("test")
+    assert region.hr.shape[-1] >= 16
+    with pytest.raises(RasterError, match=r"foreign\.tif: split 'val' is \d+x40 px, smaller than a patch"):
+        ds.regions("val")
+
+
+@pytest.mark.parametrize("kind", ["zscore", "percentile"])
+def test_paired_folder_fits_statistics_on_its_train_regions(tmp_path, kind):
+
+    root = sen2naip(tmp_path / "pairs")
+    norm = ZScore() if kind == "zscore" else PercentileScale(2.0, 98.0)
+    data = paired(root, normalization=norm, cache_dir=None)
+    assert norm.fitted and data.lr_normalization is norm
+    train_hr = np.concatenate([hr.read(Window(0, 0, hr.width, hr.height))[0].reshape(4, -1) for _, hr in data.pairs["train"]], 1)
+    if kind == "zscore":
+        np.testing.assert_allclose(norm.center, train_hr.mean(1), rtol=1e-6)
+    else:
+        np.testing.assert_allclose(norm.center, np.percentile(train_hr, 2.0, axis=1), rtol=0.02)
+    item = data.train_dataset(2, seed=0)[0]  # used to fail here: "no statistics yet"
+    assert torch.isfinite(item["hr"]).all() and abs(float(item["hr"].mean())) < 3
+    # A separate LR normalisation is fitted on the LR images of the same regions.
+    lr_norm = ZScore()
+    paired(root, normalization=LinearScale(10000.0), lr_normalization=lr_norm)
+    assert lr_norm.fitted
+
+
+@pytest.mark.parametrize(
+    "fractions",
+    [{"train": 0.8, "val": 0.1, "test": 1.0}, {"train": 0.5, "val": -0.5, "test": 1.0}, {"train": 1.0, "tset": 0.0}],
+)
+def test_split_fractions_are_checked(tmp_path, fractions, small_geotiff):
+    root = sen2naip(tmp_path / "pairs", regions=4)
+    with pytest.raises(ValueError, match="dataset.split.fractions"):
+        paired(root, split={"fractions": fractions})
+    with pytest.raises(ValueError, match="dataset.split.fractions"):
+        raster(small_geotiff, split={"fractions": fractions, "gap": 0})

@@ -71,3 +71,27 @@ def test_a_png_renamed_tif_is_named_in_a_warning(model_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="srgan.data.rasters"):
         super_resolve_file(model_dir, png, tmp_path / "sr.tif", [1, 2, 3, 4], tile=16, overlap=4, progress=False)
     assert any(str(png) in r.message and "no CRS" in r.message and "PNG" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dataset.patch_size=-32", "dataset.patch_size must be a positive integer"),
+        ("schedule.ramp.shape=sigmoidd", "schedule.ramp.shape must be one of"),
+        ("dataset.val_tile=0", "dataset.val_tile must be a positive integer"),
+        ("dataset.split.fractions.test=1.0", "dataset.split.fractions must be positive and sum to 1"),
+    ],
+)
+def test_impossible_values_fail_before_any_mlflow_run(tmp_path, tiny_overrides, override, message):
+    from mlflow.tracking import MlflowClient
+
+    from srgan.train import train
+    from tests.conftest import compose_config
+
+    # Hydra wraps a constructor's ValueError in InstantiationException; the message is the same.
+    with pytest.raises(Exception, match=message):
+        train(compose_config("train", tiny_overrides + [override]), tmp_path / "run")
+    db = tmp_path / "mlruns.db"
+    if db.exists():
+        client = MlflowClient(f"sqlite:///{db}")
+        assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]

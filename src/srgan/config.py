@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from srgan.engine.schedules import LR_POLICIES
+from srgan.engine.schedules import LR_POLICIES, RAMP_SHAPES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -105,6 +105,10 @@ class TrainerConfig:
 class RampConfig:
     steps: int = 0
     shape: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.shape not in RAMP_SHAPES:
+            raise ConfigError(f"schedule.ramp.shape must be one of {RAMP_SHAPES}, got {self.shape!r}")
 
 
 @dataclass

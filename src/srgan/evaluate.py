@@ -350,9 +350,9 @@ def main(cfg: DictConfig) -> None:
     # normalisation the evaluation's dataset config names.
     if model.normalization.to_config() != data.normalization.to_config():
         print(f"using the model's normalisation {model.normalization!r} instead of {data.normalization!r}")
-        if getattr(data, "lr_normalization", None) is data.normalization:
-            data.lr_normalization = model.normalization
         data.normalization = model.normalization
+    if hasattr(data, "lr_normalization"):  # real LR (paired_folder): normalised as the model's input was
+        data.lr_normalization = model.lr_normalization
     u = cfg.uncertainty
     sampler = load_sampler(model, u, cfg.tracking.uri)
     std_scale = None

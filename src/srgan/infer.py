@@ -176,7 +176,7 @@ def super_resolve_file(
                             fresh = rows[i + 1] - r if i + 1 < len(rows) else th
                             values = strip[:, :fresh][:, valid[:fresh]]
                             lr_samples.append(values[:, :: max(1, height * width // 1_000_000)])
-                        lr = torch.from_numpy(np.asarray(model.normalization.normalize(strip), dtype=np.float32))
+                        lr = torch.from_numpy(np.asarray(model.lr_normalization.normalize(strip), dtype=np.float32))
                         lr[:, ~torch.from_numpy(valid)] = 0.0
                         end = (r + th) * s
                         grow = end - (base + acc.shape[1])

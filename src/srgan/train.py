@@ -122,6 +122,12 @@ def model_card(cfg: DictConfig, data: Any, run_id: str | None, step: int) -> dic
             "dtype": data.dtype,
             # The fitted object, not the config: z-score / percentile statistics travel with the model.
             "normalization": data.normalization.to_config(),
+            # Real LR from another sensor may have its own units (paired_folder's lr_normalization).
+            **(
+                {"lr_normalization": data.lr_normalization.to_config()}
+                if getattr(data, "lr_normalization", data.normalization) is not data.normalization
+                else {}
+            ),
             "degradation": OmegaConf.to_container(cfg.dataset.get("degradation"), resolve=True),
         },
         "source": {"mlflow_run_id": run_id, "step": step, "weights": "EMA generator"},
@@ -230,6 +236,52 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     elif settings.resume == "auto":
         log.info("resume=auto: no checkpoint in %s, starting from scratch", run_dir)
 
+    # Everything that can fail on a config value is built before a run exists in MLflow.
+    val_set = data.val_dataset("val")
+
+    def validator(model: torch.nn.Module):
+        return validate(
+            accelerator,
+            model,
+            val_set,
+            data.scale,
+            data.band_names,
+            data.rgb_indices,
+            trainer.val_batch_size,
+            trainer.val_border,
+        )
+
+    parts = Parts(
+        generator=generator,
+        discriminator=discriminator,
+        loss=loss,
+        optimizer_g=optimizer_g,
+        optimizer_d=optimizer_d,
+        lr_g=lr_g,
+        lr_d=lr_d,
+        ema=ema,
+        ramp=AdversarialRamp(schedule.pretrain_steps, schedule.ramp.steps, schedule.ramp.shape),
+        d_schedule=DiscriminatorSchedule(d.warmup_steps, d.every, d.steps_per_g, d.holdback),
+    )
+    cadence = Cadence(
+        trainer.max_steps,
+        trainer.log_every,
+        trainer.val_every,
+        trainer.ckpt_every,
+        trainer.grad_clip,
+        trainer.max_nonfinite,
+        trainer.channels_last,
+        trainer.progress,
+        fused_gan_step(trainer.fused_gan_step, accelerator.unwrap_model(discriminator)),
+    )
+    checkpoints = CheckpointManager(
+        accelerator,
+        run_dir / "checkpoints",
+        pieces,
+        trainer.checkpoint.keep_last,
+        trainer.checkpoint.best_metric,
+        trainer.checkpoint.best_mode,
+    )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = MlflowTracker(
         settings.tracking.uri,
@@ -277,51 +329,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         log.info("run dir %s, MLflow run %s (%s)", run_dir, run_id, tracker.uri)
     state.run_id = run_id = broadcast_object_list([run_id])[0]
 
-    val_set = data.val_dataset("val")
-
-    def validator(model: torch.nn.Module):
-        return validate(
-            accelerator,
-            model,
-            val_set,
-            data.scale,
-            data.band_names,
-            data.rgb_indices,
-            trainer.val_batch_size,
-            trainer.val_border,
-        )
-
-    parts = Parts(
-        generator=generator,
-        discriminator=discriminator,
-        loss=loss,
-        optimizer_g=optimizer_g,
-        optimizer_d=optimizer_d,
-        lr_g=lr_g,
-        lr_d=lr_d,
-        ema=ema,
-        ramp=AdversarialRamp(schedule.pretrain_steps, schedule.ramp.steps, schedule.ramp.shape),
-        d_schedule=DiscriminatorSchedule(d.warmup_steps, d.every, d.steps_per_g, d.holdback),
-    )
-    cadence = Cadence(
-        trainer.max_steps,
-        trainer.log_every,
-        trainer.val_every,
-        trainer.ckpt_every,
-        trainer.grad_clip,
-        trainer.max_nonfinite,
-        trainer.channels_last,
-        trainer.progress,
-        fused_gan_step(trainer.fused_gan_step, accelerator.unwrap_model(discriminator)),
-    )
-    checkpoints = CheckpointManager(
-        accelerator,
-        run_dir / "checkpoints",
-        pieces,
-        trainer.checkpoint.keep_last,
-        trainer.checkpoint.best_metric,
-        trainer.checkpoint.best_mode,
-    )
     status = "FAILED"
     try:
         metrics = fit(accelerator, parts, loader, state, cadence, tracker, checkpoints, validator, health)

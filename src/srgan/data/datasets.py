@@ -33,7 +33,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from srgan.data.degradation import Resample
 from srgan.data.rasters import RasterError, select_bands
-from srgan.data.splits import SPLITS, column_blocks
+from srgan.data.splits import SPLITS, check_fractions, column_blocks
 
 NAN_POLICIES = ("mask", "reject")
 
@@ -214,6 +214,8 @@ def _check_sizes(bands: list, num_bands: int, scale: int, patch_size: int, val_t
     if num_bands != len(bands):
         raise ValueError(f"dataset.num_bands={num_bands} but dataset.bands lists {len(bands)} bands: {bands}")
     for key, size in (("patch_size", patch_size), ("val_tile", val_tile)):
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise ValueError(f"dataset.{key} must be a positive integer, got {size!r}")
         if size % scale:
             raise ValueError(f"dataset.{key}={size} must be a multiple of dataset.scale={scale}")
 
@@ -318,25 +320,18 @@ class RasterSRData(_HeldOutAreas):
         if self.axis not in ("columns", "rows"):
             raise ValueError(f"dataset.split.axis must be 'columns' or 'rows', got {self.axis!r}")
         self.blocks = []
-        need = patch_size + 2 * self.margin
         for source in self.sources:
-            if source.height < need or source.width < need:
-                raise RasterError(
-                    f"{source.path}: {source.height}x{source.width} px is smaller than a patch "
-                    f"(patch_size={patch_size} + 2 x {self.margin} px of degradation context)"
-                )
             length = source.width if self.axis == "columns" else source.height
-            blocks = column_blocks(length, dict(split["fractions"]), int(split["gap"]), align=scale)
-            for split_name, (c0, c1) in blocks.items():
-                # Training patches need the degradation's context; held-out areas are degraded whole.
-                least = need if split_name == "train" else patch_size
-                if c1 - c0 < least:
-                    raise RasterError(
-                        f"{source.path}: split {split_name!r} is {c1 - c0} px across, smaller than a patch ({least} px"
-                        f"{' with degradation context' if least > patch_size else ''}); "
-                        "change dataset.split.fractions or patch_size"
-                    )
-            self.blocks.append(blocks)
+            try:
+                self.blocks.append(column_blocks(length, dict(split["fractions"]), int(split["gap"]), align=scale))
+            except ValueError as err:
+                raise RasterError(f"{source.path}: {err}") from None
+        # Sizes are checked per split where it is used (training: here, when the statistics need the
+        # train split, or in train_dataset; held-out areas in regions()): evaluating the test area of
+        # a small foreign raster must not fail on the size of its training area.
+        self._checked: set[str] = set()
+        if getattr(self.normalization, "needs_statistics", False) and not self.normalization.fitted:
+            self.check_split("train")
         self._check_pixels()
         _fit_normalization(
             self.normalization, self.sources, [self.extent(i, "train") for i in range(len(self.sources))], cache_dir
@@ -388,8 +383,7 @@ class RasterSRData(_HeldOutAreas):
 
     def regions(self, split: str) -> list[Region]:
         """The whole area of one split in every file, HR and degraded LR (computed once, then cached)."""
-        if split not in self.blocks[0]:
-            raise KeyError(f"unknown split {split!r}; this dataset has {list(self.blocks[0])}")
+        self.check_split(split)
         out = []
         for i, source in enumerate(self.sources):
             if (split, i) not in self._regions:
@@ -405,7 +399,34 @@ class RasterSRData(_HeldOutAreas):
             out.append(self._regions[(split, i)])
         return out
 
+    def check_split(self, split: str) -> None:
+        """Every file's ``split`` area holds at least a patch (with the degradation's context for
+        training; held-out areas are degraded whole); an error names the file, split and size."""
+        if split in self._checked:
+            return
+        if split not in self.blocks[0]:
+            raise KeyError(f"unknown split {split!r}; this dataset has {list(self.blocks[0])}")
+        need = self.patch_size + 2 * self.margin
+        least = need if split == "train" else self.patch_size
+        for source, blocks in zip(self.sources, self.blocks):
+            if split == "train" and (source.height < need or source.width < need):
+                raise RasterError(
+                    f"{source.path}: {source.height}x{source.width} px is smaller than a patch "
+                    f"(patch_size={self.patch_size} + 2 x {self.margin} px of degradation context)"
+                )
+            c0, c1 = blocks[split]
+            across = c1 - c0
+            other = source.height if self.axis == "columns" else source.width
+            if min(across, other) < least:
+                raise RasterError(
+                    f"{source.path}: split {split!r} is {across}x{other} px, smaller than a patch ({least} px"
+                    f"{' with degradation context' if least > self.patch_size else ''}); "
+                    "change dataset.split.fractions or patch_size"
+                )
+        self._checked.add(split)
+
     def train_dataset(self, length: int, seed: int, augment: bool = True) -> RasterPatches:
+        self.check_split("train")
         return RasterPatches(self, length, seed, augment)
 
 
@@ -536,7 +557,9 @@ class PairedFolderData(_HeldOutAreas):
     split is fixed by a hash of its folder name against the split fractions (stable when regions
     are added). The scale is checked from the shapes (``hr = scale x lr`` in both directions).
     ``bands`` select HR bands, ``lr_bands`` the LR bands (default: the same), any count, equal
-    between the two. ``lr_normalization`` defaults to ``normalization``.
+    between the two. ``lr_normalization`` defaults to ``normalization``. A normalisation that needs
+    statistics (z-score, percentiles) is fitted on the training regions only: ``normalization`` on
+    their HR images, a separate ``lr_normalization`` on their LR images.
     """
 
     def __init__(
@@ -555,10 +578,12 @@ class PairedFolderData(_HeldOutAreas):
         lr_normalization: Any = None,
         lr_file: str = "lr.tif",
         hr_file: str = "hr.tif",
+        cache_dir: str | None = None,
     ) -> None:
         self.root = self.path = Path(root)
         bands = list(bands)
         _check_sizes(bands, num_bands, scale, patch_size, val_tile)
+        fractions = check_fractions(dict(split["fractions"]))
         if not self.root.is_dir():
             raise RasterError(f"{self.root}: no such folder (expected <root>/<region>/{lr_file} and {hr_file})")
         self.bands, self.scale, self.patch_size, self.val_tile, self.name = bands, scale, patch_size, val_tile, name
@@ -567,7 +592,7 @@ class PairedFolderData(_HeldOutAreas):
         folders = sorted(d for d in self.root.iterdir() if d.is_dir())
         if not folders:
             raise RasterError(f"{self.root}: no region folders (expected <root>/<region>/{lr_file} and {hr_file})")
-        self.pairs: dict[str, list[tuple[GeoTiffSource, GeoTiffSource]]] = {s: [] for s in split["fractions"]}
+        self.pairs: dict[str, list[tuple[GeoTiffSource, GeoTiffSource]]] = {s: [] for s in fractions}
         for folder in folders:
             lr = GeoTiffSource(folder / lr_file, list(lr_bands) if lr_bands is not None else bands)
             hr = GeoTiffSource(folder / hr_file, bands)
@@ -578,7 +603,7 @@ class PairedFolderData(_HeldOutAreas):
                 )
             if hr.height < patch_size or hr.width < patch_size:
                 raise RasterError(f"{folder}: {hr.height}x{hr.width} px is smaller than patch_size={patch_size}")
-            self.pairs[self._split_of(folder.name, dict(split["fractions"]))].append((lr, hr))
+            self.pairs[self._split_of(folder.name, fractions)].append((lr, hr))
         for split_name, pairs in self.pairs.items():
             if not pairs:
                 raise RasterError(
@@ -588,6 +613,12 @@ class PairedFolderData(_HeldOutAreas):
         first_lr, first_hr = next(iter(self.pairs.values()))[0]
         self.band_names, self.dtype = first_hr.band_names, first_hr.dtype
         self.rgb_indices = _rgb_indices(bands, self.band_names, rgb_bands)
+        train = self.pairs.get("train", [])
+        for norm, images in ((self.normalization, [hr for _, hr in train]), (self.lr_normalization, [lr for lr, _ in train])):
+            if getattr(norm, "needs_statistics", False) and not norm.fitted:
+                if not train:
+                    raise RasterError(f"{self.root}: {type(norm).__name__} needs a train split to fit its statistics on")
+                _fit_normalization(norm, images, [(0, 0, im.height, im.width) for im in images], cache_dir)
         self._regions: dict[str, list[Region]] = {}
 
     @staticmethod

@@ -339,6 +339,12 @@ class ExportedModel:
     normalization: Any
     config: dict[str, Any]
     directory: Path
+    # How the LR input is normalised, when it differs from the output's (real LR of another sensor).
+    lr_normalization: Any = None
+
+    def __post_init__(self) -> None:
+        if self.lr_normalization is None:
+            self.lr_normalization = self.normalization
 
 
 class ModelError(ValueError):
@@ -462,6 +468,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     data = config["data"]
     generator = build_from_card(config["generator"], "generator", file)
     normalization = build_from_card(data["normalization"], "normalization", file)
+    lr_normalization = (
+        build_from_card(data["lr_normalization"], "normalization", file) if "lr_normalization" in data else None
+    )
     weights = directory / MODEL_WEIGHTS
     try:
         state = read_safetensors(weights, device=str(map_location))
@@ -480,4 +489,5 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         normalization=normalization,
         config=config,
         directory=directory,
+        lr_normalization=lr_normalization,
     )
