@@ -383,7 +383,9 @@ def test_paired_folder_fits_statistics_on_its_train_regions(tmp_path, kind):
     norm = ZScore() if kind == "zscore" else PercentileScale(2.0, 98.0)
     data = paired(root, normalization=norm, cache_dir=None)
     assert norm.fitted and data.lr_normalization is norm
-    train_hr = np.concatenate([hr.read(Window(0, 0, hr.width, hr.height))[0].reshape(4, -1) for _, hr in data.pairs["train"]], 1)
+    train_hr = np.concatenate(
+        [hr.read(Window(0, 0, hr.width, hr.height))[0].reshape(4, -1) for _, hr in data.pairs["train"]], 1
+    )
     if kind == "zscore":
         np.testing.assert_allclose(norm.center, train_hr.mean(1), rtol=1e-6)
     else:

@@ -11,11 +11,11 @@ from mlflow.tracking import MlflowClient
 
 from srgan.config import ConfigError, validate_training_config
 from srgan.engine.checkpoint import find_checkpoint
-from srgan.engine.state_io import load_tree
 from srgan.engine.ema import EMA
 from srgan.engine.health import GANHealth
 from srgan.engine.loop import NonFiniteError
 from srgan.engine.schedules import LRSchedule
+from srgan.engine.state_io import load_tree
 from srgan.models.generators import RCABGenerator
 from srgan.train import train
 from tests.conftest import compose_config

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from srgan.tracking import _local_uri
+from srgan.tracking import get_or_create_experiment, open_client
 
 if TYPE_CHECKING:  # imported where used: srgan.train imports this module (see srgan.tracking)
     from mlflow.tracking import MlflowClient
@@ -32,13 +32,9 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_id = os.path.basename(str(config.hydra.sweep.dir).rstrip("/"))
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=_local_uri(config.tracking.uri))
-        experiment = self.client.get_experiment_by_name(config.tracking.experiment_name)
-        experiment_id = (
-            experiment.experiment_id if experiment else self.client.create_experiment(config.tracking.experiment_name)
-        )
+        t = config.tracking
+        self.client = open_client(t.uri)
+        experiment_id = get_or_create_experiment(self.client, t.uri, t.experiment_name, t.get("artifact_location"))
         grid = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
         run = self.client.create_run(
             experiment_id,
@@ -86,17 +82,12 @@ def record_failed_job(
     config: DictConfig, run_dir: str, overrides: list[str], error: BaseException, git_commit: str | None = None
 ) -> None:
     """Make a job that failed before its MLflow run existed (e.g. a bad value) visible as a FAILED run."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=_local_uri(config.tracking.uri))
-    experiment = client.get_experiment_by_name(config.tracking.experiment_name)
-    if experiment is None:
-        experiment_id = client.create_experiment(config.tracking.experiment_name)
-    else:
-        experiment_id = experiment.experiment_id
-        existing = client.search_runs([experiment_id], filter_string=f"tags.run_dir = '{run_dir}'")
-        if existing:
-            return
+    t = config.tracking
+    client = open_client(t.uri)
+    experiment_id = get_or_create_experiment(client, t.uri, t.experiment_name, t.get("artifact_location"))
+    existing = client.search_runs([experiment_id], filter_string=f"tags.run_dir = '{run_dir}'")
+    if existing:
+        return
     tags = {
         **sweep_tags(),
         "run_dir": run_dir,

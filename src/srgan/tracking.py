@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent first use of one SQLite file is not guarded
+    fcntl = None
 
 # mlflow is imported where a run is tracked, not on import: ``srgan.train``'s building blocks
 # (networks, steps; ``bench/speed.py``) then load without it, and a CLI without a run starts faster.
@@ -39,6 +45,61 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """For a SQLite store, hold an exclusive lock on ``<db>.lock`` while it is set up.
+
+    MLflow creates and migrates a new SQLite store's tables on first use; two processes doing it
+    at once (two ``srgan-train`` on a fresh ``mlruns.db``) collide (``duplicate column name``).
+    A server store serialises this itself, so only SQLite is locked.
+    """
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An ``MlflowClient`` whose store is set up (tables created and migrated) before it is returned,
+    under :func:`store_lock`, so that concurrent first uses of one SQLite file do not race."""
+    from mlflow.tracking import MlflowClient
+
+    uri = _local_uri(uri)
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # the first store access runs MLflow's migrations
+    return client
+
+
+def get_or_create_experiment(client: MlflowClient, uri: str, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, created if absent (artifacts under ``artifact_location``: a URI, or a local
+    folder made absolute); two processes creating it at once both get the same."""
+    from mlflow.exceptions import MlflowException
+
+    if artifact_location and "://" not in artifact_location:
+        artifact_location = Path(artifact_location).resolve().as_uri()
+
+    with store_lock(_local_uri(uri)):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:
+            # Created by another process between the lookup and the create (a server store).
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
 
 def _local_uri(uri: str) -> str:
@@ -94,24 +155,13 @@ class MlflowTracker:
         # Our own thread retries forever; MLflow's per-request retries only need to absorb a blip.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(tracking_uri=self.uri)
+        return open_client(self.uri)
 
     def start(self, params: Mapping[str, Any]) -> str | None:
         if not self.active:
             return None
         self.client = self._client()
-        experiment = self.client.get_experiment_by_name(self.experiment_name)
-        if experiment is None:
-            location = None
-            if self.artifact_location and "://" not in self.artifact_location:
-                location = Path(self.artifact_location).resolve().as_uri()
-            elif self.artifact_location:
-                location = self.artifact_location
-            experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
+        experiment_id = get_or_create_experiment(self.client, self.uri, self.experiment_name, self.artifact_location)
         run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         from mlflow.entities import Param

@@ -614,10 +614,15 @@ class PairedFolderData(_HeldOutAreas):
         self.band_names, self.dtype = first_hr.band_names, first_hr.dtype
         self.rgb_indices = _rgb_indices(bands, self.band_names, rgb_bands)
         train = self.pairs.get("train", [])
-        for norm, images in ((self.normalization, [hr for _, hr in train]), (self.lr_normalization, [lr for lr, _ in train])):
+        for norm, images in (
+            (self.normalization, [hr for _, hr in train]),
+            (self.lr_normalization, [lr for lr, _ in train]),
+        ):
             if getattr(norm, "needs_statistics", False) and not norm.fitted:
                 if not train:
-                    raise RasterError(f"{self.root}: {type(norm).__name__} needs a train split to fit its statistics on")
+                    raise RasterError(
+                        f"{self.root}: {type(norm).__name__} needs a train split to fit its statistics on"
+                    )
                 _fit_normalization(norm, images, [(0, 0, im.height, im.width) for im in images], cache_dir)
         self._regions: dict[str, list[Region]] = {}
 

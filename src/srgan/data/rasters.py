@@ -17,7 +17,6 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-
 log = logging.getLogger(__name__)
 
 # Real-valued data types whose values a network can be trained on and written back in. Complex data

@@ -85,8 +85,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         if not torch.cuda.is_available() or torch.cuda.device_count() != len(state["cuda"]):
-            raise ValueError(f"the checkpoint holds CUDA RNG states of {len(state['cuda'])} devices, this run sees "
-                             f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}")
+            raise ValueError(
+                f"the checkpoint holds CUDA RNG states of {len(state['cuda'])} devices, this run sees "
+                f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}"
+            )
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -412,7 +414,9 @@ def build_from_card(node: Any, kind: str, file: Path) -> Any:
     classes = _model_classes()[kind]
     if target not in classes:
         names = sorted({c.__name__ for c in classes.values()})
-        raise ModelError(f"{file}: {kind}._target_={target!r} is not one of srgan's {kind} classes ({', '.join(names)})")
+        raise ModelError(
+            f"{file}: {kind}._target_={target!r} is not one of srgan's {kind} classes ({', '.join(names)})"
+        )
     cls = classes[target]
     params = inspect.signature(cls.__init__).parameters
     kwargs = {}

@@ -1,0 +1,47 @@
+"""Two runs that start together on a fresh SQLite store (two `srgan-train` in two terminals)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+# Each process waits for the same wall-clock instant, then opens the store and starts a run, as
+# srgan-train does. Without the store lock one of them failed in MLflow's table set-up
+# ("table latest_metrics already exists" / "duplicate column name: step") on every try here.
+STARTER = """
+import sys, time
+from srgan.tracking import MlflowTracker
+db, at = sys.argv[1], float(sys.argv[2])
+while time.time() < at:
+    pass
+tracker = MlflowTracker(f"sqlite:///{db}", "race", artifact_location=sys.argv[3])
+tracker.start({"p": 1})
+tracker.finish()
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_runs_starting_together_on_a_fresh_store_both_succeed(tmp_path, attempt):
+    db = tmp_path / "mlruns.db"
+    at = time.time() + 8  # both interpreters have imported mlflow by then
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, str(db), str(at), str(tmp_path / "art")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
+    client = MlflowClient(f"sqlite:///{db}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "race"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert experiment.artifact_location == (tmp_path / "art").resolve().as_uri()
