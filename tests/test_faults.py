@@ -80,8 +80,10 @@ def test_sigkill_at_a_random_step_then_resume_auto_matches_an_uninterrupted_run(
     runs = client.search_runs([client.get_experiment_by_name("kill").experiment_id])
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # straight + killed-and-resumed
     (resumed_run,) = [r for r in runs if r.data.tags["run_dir"] == str(victim)]
-    steps = {m.step for m in client.get_metric_history(resumed_run.info.run_id, "train/l1")}
-    assert steps == set(range(1, 41)), f"holes in the curve: {sorted(set(range(1, 41)) - steps)}"
+    steps = sorted(m.step for m in client.get_metric_history(resumed_run.info.run_id, "train/l1"))
+    assert set(steps) == set(range(1, 41)), f"holes in the curve: {sorted(set(range(1, 41)) - set(steps))}"
+    twice = sorted({s for s in steps if steps.count(s) > 1})
+    assert not twice, f"steps logged twice after the resume: {twice}"
 
 
 def _pump(stream, sink: list[str]) -> None:

@@ -95,3 +95,80 @@ def test_impossible_values_fail_before_any_mlflow_run(tmp_path, tiny_overrides, 
     if db.exists():
         client = MlflowClient(f"sqlite:///{db}")
         assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_stale_work_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from srgan.infer import remove_stale_work_dirs
+
+    output = tmp_path / "scene_sr.tif"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folders = {}
+    for name, owner in {
+        "dead": {"pid": dead.pid, "host": socket.gethostname(), "started": "1"},
+        "alive": {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_of(os.getpid())},
+        "reused_pid": {"pid": os.getpid(), "host": socket.gethostname(), "started": "0"},
+        "other_host": {"pid": 1, "host": "elsewhere", "started": "1"},
+    }.items():
+        folders[name] = tmp_path / f".{output.name}.{name}"
+        folders[name].mkdir()
+        (folders[name] / "owner.json").write_text(json.dumps(owner))
+        (folders[name] / "final.tif").write_bytes(b"x" * 1000)
+    old = tmp_path / f".{output.name}.unowned"
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    unrelated = tmp_path / ".other.tif.abc"
+    unrelated.mkdir()
+    removed = {p.name for p in remove_stale_work_dirs(output)}
+    assert removed == {f".{output.name}.{n}" for n in ("dead", "reused_pid", "unowned")}
+    assert folders["alive"].exists() and folders["other_host"].exists() and unrelated.exists()
+
+
+def _start_of(pid: int) -> str:
+    from srgan.infer import _process_start
+
+    return _process_start(pid)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_srgan_infer_leaves_nothing_after_the_next_run(model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = np.tile(smooth(), (1, 8, 8)).astype(np.uint16)  # 320 x 384 LR
+    src = write_geotiff(tmp_path / "scene.tif", data, ["B04", "B03", "B02", "B08"])
+    out = tmp_path / "scene_sr.tif"
+    cmd = [
+        sys.executable,
+        "-m",
+        "srgan.infer",
+        f"model={model_dir}",
+        f"input={src}",
+        f"output={out}",
+        "tile=16",
+        "overlap=4",
+        "batch_size=1",
+        "progress=false",
+    ]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".scene_sr.tif.*/final.tif")):
+        assert proc.poll() is None and time.monotonic() < deadline, "finished before it could be killed"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".scene_sr.tif.*")) and not out.exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "left behind by an interrupted srgan-infer" in done.stdout + done.stderr
+    assert out.exists() and not list(tmp_path.glob(".scene_sr.tif.*"))

@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.slow
+
 
 # Each process waits for the same wall-clock instant, then opens the store and starts a run, as
 # srgan-train does. Without the store lock one of them failed in MLflow's table set-up
@@ -26,6 +26,7 @@ tracker.finish()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attempt", range(3))
 def test_two_runs_starting_together_on_a_fresh_store_both_succeed(tmp_path, attempt):
     db = tmp_path / "mlruns.db"
@@ -45,3 +46,24 @@ def test_two_runs_starting_together_on_a_fresh_store_both_succeed(tmp_path, atte
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert experiment.artifact_location == (tmp_path / "art").resolve().as_uri()
+
+
+def test_a_resumed_run_does_not_log_a_step_twice(tmp_path):
+    """Killed after its checkpoint at step 8 had delivered steps up to 10; resumed from step 8."""
+    from srgan.tracking import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    first = MlflowTracker(uri, "resume", artifact_location=str(tmp_path / "art"))
+    run_id = first.start({})
+    for step in range(1, 11):
+        first.log_metrics({"train/l1": 1.0 / step}, step)
+    first.flush(30)  # then SIGKILL: the run stays RUNNING
+    resumed = MlflowTracker(uri, "resume")
+    assert resumed.attach(run_id, reopen=True)
+    for step in range(9, 13):
+        resumed.log_metrics({"train/l1": 1.0 / step, "val/psnr": 30.0}, step)
+    resumed.finish()
+    client = MlflowClient(uri)
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "train/l1"))
+    assert steps == list(range(1, 13))
+    assert [m.step for m in client.get_metric_history(run_id, "val/psnr")] == [9, 10, 11, 12]

@@ -15,10 +15,15 @@ pixels stay nodata in SR (their scale x scale blocks). The file appears only onc
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
+import logging
 import math
 import os
 import re
 import shutil
+import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +46,8 @@ from srgan.engine.checkpoint import ExportedModel, load_model
 from srgan.fidelity import quantile_maps
 from srgan.tiling import _edges, blend_window, run_tiles, tile_boxes
 from srgan.uncertainty import SampleSpread, build_sampler
+
+log = logging.getLogger(__name__)
 
 
 def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> Path:
@@ -141,7 +148,7 @@ def super_resolve_file(
                 by_row.setdefault(box[0], []).append(box)
             rows = sorted(by_row)
             output_path.parent.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
+            work = make_work_dir(output_path)
             stage = work / "sr.tif"
             lr_samples: list[np.ndarray] = []
             try:
@@ -252,6 +259,66 @@ def super_resolve_file(
         }
 
 
+WORK_OWNER = "owner.json"
+# A work folder without an owner file (written before srgan recorded owners) counts as stale after this.
+UNOWNED_STALE_S = 3600.0
+
+
+def _owner_alive(owner: dict[str, Any]) -> bool:
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's (a shared disk): not ours to judge
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # The pid may have been reused by an unrelated process since: compare its start time.
+    return _process_start(pid) == owner.get("started")
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def remove_stale_work_dirs(output_path: Path) -> list[Path]:
+    """Remove the partial-output folders (``.<name>.<random>/``) that a killed ``srgan-infer`` left
+    beside ``output_path``: those whose owner process is gone. Returns what was removed."""
+    removed = []
+    for candidate in output_path.parent.glob(f".{glob.escape(output_path.name)}.*"):
+        if not candidate.is_dir() or candidate.is_symlink():
+            continue
+        try:
+            owner = json.loads((candidate / WORK_OWNER).read_text())
+            stale = not isinstance(owner, dict) or not _owner_alive(owner)
+        except FileNotFoundError:
+            stale = time.time() - candidate.stat().st_mtime > UNOWNED_STALE_S
+        except (OSError, ValueError):
+            stale = True
+        if stale:
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def make_work_dir(output_path: Path) -> Path:
+    """A hidden folder beside the output for the partial files, recording its owner process so that
+    a later run can tell a killed run's leftovers from a concurrent run's work."""
+    for stale in remove_stale_work_dirs(output_path):
+        log.warning("removed %s, left behind by an interrupted srgan-infer", stale)
+    work = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid())}
+    (work / WORK_OWNER).write_text(json.dumps(owner))
+    return work
+
+
 def _sample_sr(stage: Path, model: ExportedModel) -> np.ndarray:
     """About a million SR values per band (every n-th valid pixel), in the input's units."""
     parts = []
@@ -310,8 +377,14 @@ def load_sampler(model: ExportedModel, node: Any, tracking_uri: str | None) -> S
     )
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # SIGTERM (a scheduler's time limit, `kill`) unwinds like Ctrl-C: partial files are removed.
+    signal.signal(signal.SIGTERM, _terminate)
     model = load_model(resolve_model(cfg.model, cfg.get("tracking_uri")))
     u = cfg.uncertainty
     sampler = load_sampler(model, u, cfg.get("tracking_uri"))

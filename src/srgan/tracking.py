@@ -149,6 +149,8 @@ class MlflowTracker:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.outages = 0
+        # Last step already in the run per metric (set when a resumed run re-attaches).
+        self.logged_until: dict[str, int] = {}
 
     # -- run lifecycle (synchronous) ------------------------------------------------------------
     def _client(self) -> MlflowClient:
@@ -186,8 +188,15 @@ class MlflowTracker:
         except MlflowException:
             return False
         self.run_id = run_id
-        if reopen and run.info.status != "RUNNING":
-            self.client.update_run(run_id, status="RUNNING")
+        if reopen:
+            # A resumed run recomputes the steps between its checkpoint and the kill, which the
+            # killed process may already have delivered: those points are not sent twice.
+            self.logged_until = {
+                key: max((m.step for m in self.client.get_metric_history(run_id, key)), default=-1)
+                for key in run.data.metrics
+            }
+            if run.info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
         self._start_thread()
         return True
 
@@ -206,7 +215,9 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._put("metrics", [(k, float(v), now, step) for k, v in metrics.items()])
+        fresh = [(k, float(v), now, step) for k, v in metrics.items() if step > self.logged_until.get(k, -1)]
+        if fresh:
+            self._put("metrics", fresh)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._put("tags", {k: str(v) for k, v in tags.items()})
