@@ -172,3 +172,37 @@ def test_a_sigkilled_srgan_infer_leaves_nothing_after_the_next_run(model_dir, tm
     assert done.returncode == 0, done.stderr[-2000:]
     assert "left behind by an interrupted srgan-infer" in done.stdout + done.stderr
     assert out.exists() and not list(tmp_path.glob(".scene_sr.tif.*"))
+
+
+@pytest.mark.slow
+def test_a_paired_folder_run_with_zscore_trains_exports_and_infers(tmp_path, tiny_overrides):
+    """Real pairs (no degradation), statistics fitted on the train regions, carried into the model."""
+    from srgan.engine.checkpoint import load_model
+    from srgan.train import train
+    from tests.conftest import compose_config
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pairs"
+    for i in range(24):
+        folder = root / f"ROI_{i:04d}"
+        folder.mkdir(parents=True)
+        hr = (1000 + 400 * rng.random((4, 64, 64))).astype(np.uint16)
+        write_geotiff(folder / "hr.tif", hr, None, pixel=2.5)
+        write_geotiff(folder / "lr.tif", hr.reshape(4, 16, 4, 16, 4).mean((2, 4)).astype(np.uint16), None)
+    overrides = [
+        "dataset=paired_folder",
+        f"dataset.root={root}",
+        "dataset/normalization=zscore",
+        "dataset.patch_size=32",
+        "dataset.val_tile=32",
+        "dataset.cache_dir=null",
+        "trainer.max_steps=2",
+    ]
+    result = train(compose_config("train", tiny_overrides + overrides), tmp_path / "run")
+    model = load_model(result["run_dir"])
+    assert type(model.normalization).__name__ == "ZScore"
+    assert 1000 < model.normalization.center[0] < 1400
+    lr = write_geotiff(tmp_path / "lr.tif", (1000 + 400 * rng.random((4, 20, 20))).astype(np.uint16), None)
+    out = super_resolve_file(model, lr, tmp_path / "sr.tif", bands=[1, 2, 3, 4], tile=16, overlap=4, progress=False)
+    with rasterio.open(out["output"]) as f:
+        assert f.shape == (80, 80) and 900 < f.read().mean() < 1500

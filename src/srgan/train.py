@@ -128,7 +128,12 @@ def model_card(cfg: DictConfig, data: Any, run_id: str | None, step: int) -> dic
                 if getattr(data, "lr_normalization", data.normalization) is not data.normalization
                 else {}
             ),
-            "degradation": OmegaConf.to_container(cfg.dataset.get("degradation"), resolve=True),
+            # Real LR/HR pairs (paired_folder) have no degradation: LR came from the sensor.
+            "degradation": (
+                OmegaConf.to_container(cfg.dataset.degradation, resolve=True)
+                if cfg.dataset.get("degradation") is not None
+                else None
+            ),
         },
         "source": {"mlflow_run_id": run_id, "step": step, "weights": "EMA generator"},
     }
