@@ -9,8 +9,6 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-
-
 # Each process waits for the same wall-clock instant, then opens the store and starts a run, as
 # srgan-train does. Without the store lock one of them failed in MLflow's table set-up
 # ("table latest_metrics already exists" / "duplicate column name: step") on every try here.
