@@ -21,9 +21,6 @@ from srgan.engine.checkpoint import CheckpointError, ModelError, load_model
 from srgan.train import train
 from tests.conftest import TINY, TINY_GENERATOR, compose_config, model_card
 
-GENERATOR = TINY_GENERATOR
-card = model_card
-
 
 class _Plant:
     """Unpickling this writes the marker file (what a crafted pickle would do with os.system)."""
@@ -50,25 +47,25 @@ def _nested_attacks(marker: Path, pickle_file: Path) -> dict[str, dict]:
     """Config cards that, instantiated recursively by Hydra, would run code."""
     plant = {"_target_": "builtins.open", "file": str(marker), "mode": "w"}
     return {
-        "nested builtins.open": card({**GENERATOR, "n_blocks": plant}),
-        "torch.load of a pickle": card({"_target_": "srgan.models.generators.torch.load", "f": str(pickle_file)}),
-        "nested torch.load": card(
-            {**GENERATOR, "reduction": {"_target_": "srgan.models.generators.torch.load", "f": str(pickle_file)}}
+        "nested builtins.open": model_card({**TINY_GENERATOR, "n_blocks": plant}),
+        "torch.load of a pickle": model_card({"_target_": "srgan.models.generators.torch.load", "f": str(pickle_file)}),
+        "nested torch.load": model_card(
+            {**TINY_GENERATOR, "reduction": {"_target_": "srgan.models.generators.torch.load", "f": str(pickle_file)}}
         ),
-        "Path.write_text as normalisation": card(
+        "Path.write_text as normalisation": model_card(
             normalization={"_target_": "srgan.data.datasets.Path.write_text", "self": str(marker), "data": "x"}
         ),
-        "shutil.copyfile nested in normalisation": card(
+        "shutil.copyfile nested in normalisation": model_card(
             normalization={
                 "_target_": "srgan.data.normalization.LinearScale",
                 "scale": {"_target_": "shutil.copyfile", "src": str(pickle_file), "dst": str(marker)},
             }
         ),
-        "_partial_": card({**GENERATOR, "_partial_": True}),
-        "_args_": card({**GENERATOR, "_args_": [str(marker)]}),
-        "_recursive_": card({**GENERATOR, "_recursive_": True}),
-        "unknown kwarg": card({**GENERATOR, "exec": "import os"}),
-        "interpolation": card({**GENERATOR, "upsampler": "${oc.env:HOME}"}),
+        "_partial_": model_card({**TINY_GENERATOR, "_partial_": True}),
+        "_args_": model_card({**TINY_GENERATOR, "_args_": [str(marker)]}),
+        "_recursive_": model_card({**TINY_GENERATOR, "_recursive_": True}),
+        "unknown kwarg": model_card({**TINY_GENERATOR, "exec": "import os"}),
+        "interpolation": model_card({**TINY_GENERATOR, "upsampler": "${oc.env:HOME}"}),
     }
 
 
@@ -109,7 +106,7 @@ def test_damaged_model_config_is_an_error_naming_the_file(model_dir):
     path.write_text("generator: [unclosed\n")
     with pytest.raises(ModelError, match=str(path)):
         load_model(model_dir)
-    path.write_text(yaml.safe_dump({"generator": dict(GENERATOR)}))
+    path.write_text(yaml.safe_dump({"generator": dict(TINY_GENERATOR)}))
     with pytest.raises(ModelError, match="data"):
         load_model(model_dir)
 

@@ -105,7 +105,7 @@ def test_stale_work_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_pa
     import sys
     import time
 
-    from srgan.infer import remove_stale_work_dirs
+    from srgan.infer import _process_start, remove_stale_work_dirs
 
     output = tmp_path / "scene_sr.tif"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -113,7 +113,7 @@ def test_stale_work_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_pa
     folders = {}
     for name, owner in {
         "dead": {"pid": dead.pid, "host": socket.gethostname(), "started": "1"},
-        "alive": {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_of(os.getpid())},
+        "alive": {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid())},
         "reused_pid": {"pid": os.getpid(), "host": socket.gethostname(), "started": "0"},
         "other_host": {"pid": 1, "host": "elsewhere", "started": "1"},
     }.items():
@@ -129,12 +129,6 @@ def test_stale_work_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_pa
     removed = {p.name for p in remove_stale_work_dirs(output)}
     assert removed == {f".{output.name}.{n}" for n in ("dead", "reused_pid", "unowned")}
     assert folders["alive"].exists() and folders["other_host"].exists() and unrelated.exists()
-
-
-def _start_of(pid: int) -> str:
-    from srgan.infer import _process_start
-
-    return _process_start(pid)
 
 
 @pytest.mark.slow

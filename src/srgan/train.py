@@ -113,6 +113,7 @@ def _overrides() -> list[str]:
 
 def model_card(cfg: DictConfig, data: Any, run_id: str | None, step: int) -> dict[str, Any]:
     """The config saved beside released weights: how to rebuild the generator and feed it."""
+    degradation = cfg.dataset.get("degradation")
     return {
         "generator": OmegaConf.to_container(cfg.generator, resolve=True),
         "data": {
@@ -129,11 +130,7 @@ def model_card(cfg: DictConfig, data: Any, run_id: str | None, step: int) -> dic
                 else {}
             ),
             # Real LR/HR pairs (paired_folder) have no degradation: LR came from the sensor.
-            "degradation": (
-                OmegaConf.to_container(cfg.dataset.degradation, resolve=True)
-                if cfg.dataset.get("degradation") is not None
-                else None
-            ),
+            "degradation": OmegaConf.to_container(degradation, resolve=True) if degradation is not None else None,
         },
         "source": {"mlflow_run_id": run_id, "step": step, "weights": "EMA generator"},
     }

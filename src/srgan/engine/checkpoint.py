@@ -44,7 +44,7 @@ class _Module:
         self.module = module
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.module.state_dict().items()}
+        return self.module.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state, strict=True)
@@ -254,10 +254,6 @@ def find_checkpoint(path: str | os.PathLike) -> Path | None:
         if steps:
             return steps[max(steps)]
     return None
-
-
-def read_checkpoint_info(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / CHECKPOINT_MARKER).read_text())
 
 
 class CheckpointManager:

@@ -106,12 +106,6 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
     return {k: _decode(v, tensors, path) for k, v in items}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_tree(stem: str | os.PathLike, tree: Any) -> list[Path]:
     """Write ``tree`` to ``<stem>.json`` and ``<stem>.safetensors``; returns both paths."""
     stem = Path(stem)
@@ -119,7 +113,8 @@ def save_tree(stem: str | os.PathLike, tree: Any) -> list[Path]:
     structure = _encode(tree, tensors, "")
     json_path, tensor_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
     save_file(tensors, str(tensor_path), metadata={"format": "srgan-state"})
-    _atomic_write_text(json_path, json.dumps(structure, allow_nan=False))
+    # No temporary file here: a checkpoint's pieces are written into a folder renamed when complete.
+    json_path.write_text(json.dumps(structure, allow_nan=False))
     return [json_path, tensor_path]
 
 
