@@ -60,12 +60,16 @@ def normalized_difference(image: torch.Tensor, a: int, b: int, eps: float = 1e-6
     return torch.where(total > eps, (x - y) / total.clamp_min(eps), torch.full_like(total, math.nan)).float()
 
 
-def index_errors(pred: torch.Tensor, hr: torch.Tensor, band_names: Sequence[str]) -> dict[str, float]:
-    """``<index>_mae`` and ``<index>_rmse`` of each available index of ``pred`` against HR's."""
+def index_errors(
+    pred: torch.Tensor, hr: torch.Tensor, band_names: Sequence[str], valid: torch.Tensor | None = None
+) -> dict[str, float]:
+    """``<index>_mae`` and ``<index>_rmse`` of each available index of ``pred`` against HR's, over
+    the ``valid`` pixels where both indices are defined."""
     out = {}
     for name, (a, b) in available_indices(band_names).items():
         diff = normalized_difference(pred, a, b) - normalized_difference(hr, a, b)
-        diff = diff[torch.isfinite(diff)].double()
+        keep = torch.isfinite(diff) if valid is None else torch.isfinite(diff) & valid.bool()
+        diff = diff[keep].double()
         if diff.numel() == 0:
             continue
         out[f"{name}_mae"] = float(diff.abs().mean())
@@ -109,10 +113,13 @@ def assign(image: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 class ThematicAgreement:
     """k-means classes fitted on HR (and the NDWI water mask) for one area; compares outputs with HR."""
 
-    def __init__(self, hr: torch.Tensor, band_names: Sequence[str], k: int = 6, seed: int = 0) -> None:
+    def __init__(
+        self, hr: torch.Tensor, band_names: Sequence[str], k: int = 6, seed: int = 0, valid: torch.Tensor | None = None
+    ) -> None:
         self.k = k
+        self.valid = torch.ones(hr.shape[-2:], dtype=torch.bool) if valid is None else valid.bool()
         pixels = hr.flatten(1).T
-        ok = torch.isfinite(pixels).all(1)
+        ok = torch.isfinite(pixels).all(1) & self.valid.flatten()
         sample = pixels[ok]
         if sample.shape[0] > 20000:  # fitted on a fixed subsample; every pixel is assigned
             sample = sample[torch.randperm(sample.shape[0], generator=torch.Generator().manual_seed(seed))[:20000]]
@@ -125,10 +132,13 @@ class ThematicAgreement:
         return normalized_difference(image, *self.water_bands) > 0
 
     def compare(self, pred: torch.Tensor) -> dict[str, float]:
-        out = {f"kmeans{self.k}_agreement": float((assign(pred, self.centroids) == self.hr_labels).float().mean())}
+        """Agreement with HR's classes over the valid pixels."""
+        v = self.valid
+        same = (assign(pred, self.centroids) == self.hr_labels)[v]
+        out = {f"kmeans{self.k}_agreement": float(same.float().mean()) if same.numel() else math.nan}
         if self.hr_water is not None:
-            water = self._water(pred)
-            out["water_agreement"] = float((water == self.hr_water).float().mean())
-            union = (water | self.hr_water).sum()
-            out["water_iou"] = float((water & self.hr_water).sum() / union) if union > 0 else math.nan
+            water, hr_water = self._water(pred)[v], self.hr_water[v]
+            out["water_agreement"] = float((water == hr_water).float().mean()) if water.numel() else math.nan
+            union = (water | hr_water).sum()
+            out["water_iou"] = float((water & hr_water).sum() / union) if union > 0 else math.nan
         return out

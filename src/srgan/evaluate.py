@@ -27,8 +27,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from srgan.cli import user_errors
 from srgan.config import CONF_DIR
-from srgan.data.normalization import LinearScale
+from srgan.data.card import check_held_out, dataset_from_card
+from srgan.data.datasets import Region
+from srgan.data.normalization import LinearScale, dtype_scale
 from srgan.devices import pick_device
 from srgan.downstream import ThematicAgreement, index_errors
 from srgan.engine.checkpoint import ExportedModel, load_model
@@ -56,10 +59,12 @@ def check_compatible(model: ExportedModel, data: Any) -> None:
 
 def physical_units(normalization: Any, dtype: str) -> LinearScale:
     """The map from stored values to physical units: the dataset's own linear scale (reflectance,
-    DN / 255), or for statistical normalisations the convention of the data type."""
+    DN / 255), or for statistical normalisations the convention of the data type
+    (:func:`srgan.data.normalization.dtype_scale`: uint8 / 255, uint16 / 10000, float as stored;
+    other integer types are refused rather than guessed)."""
     if isinstance(normalization, LinearScale):
         return normalization
-    return LinearScale(255.0) if dtype == "uint8" else LinearScale(10000.0)
+    return LinearScale(dtype_scale(dtype))
 
 
 def physical_converter(data: Any):
@@ -82,27 +87,47 @@ class _Lpips:
         self.device = device
 
     @torch.no_grad()
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> list[float]:
+    def __call__(
+        self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[list[float], int]:
+        """Per-band LPIPS over the tiles that hold no nodata pixel (a network's receptive field
+        would see the zero fill), weighted by area; also the pixels those tiles cover."""
         size = 256
         h, w = pred.shape[-2:]
+        tiles = []
+        for r in range(0, h, size):
+            for c in range(0, w, size):
+                part = (slice(r, r + size), slice(c, c + size))
+                if min(pred[(0, *part)].shape) < 32:  # AlexNet's pooling needs some extent
+                    continue
+                if valid is not None and not bool(valid[part].all()):
+                    continue
+                tiles.append(part)
         values = []
         for b in range(pred.shape[0]):
             parts, weights = [], []
-            for r in range(0, h, size):
-                for c in range(0, w, size):
-                    p = pred[b : b + 1, r : r + size, c : c + size][None].to(self.device)
-                    t = target[b : b + 1, r : r + size, c : c + size][None].to(self.device)
-                    if min(p.shape[-2:]) < 32:  # AlexNet's pooling needs some extent
-                        continue
-                    parts.append(float(self.loss(p.clamp(0, 1), t.clamp(0, 1))))
-                    weights.append(p.shape[-2] * p.shape[-1])
+            for part in tiles:
+                p = pred[(slice(b, b + 1), *part)][None].to(self.device)
+                t = target[(slice(b, b + 1), *part)][None].to(self.device)
+                parts.append(float(self.loss(p.clamp(0, 1), t.clamp(0, 1))))
+                weights.append(p.shape[-2] * p.shape[-1])
             values.append(float(np.average(parts, weights=weights)) if parts else math.nan)
-        return values
+        return values, int(sum(pred[(0, *part)].numel() for part in tiles))
+
+
+def evaluation_mask(region: Region, scale: int) -> torch.Tensor:
+    """HR pixels that are measured: HR holds data and so does the LR pixel that covers them."""
+    lr_valid = region.lr_valid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    return region.hr_valid.bool() & lr_valid.bool()
+
+
+def _crop2(x: torch.Tensor, border: int) -> torch.Tensor:
+    return x[..., border : x.shape[-2] - border, border : x.shape[-1] - border] if border else x
 
 
 def evaluate_regions(
     model: ExportedModel,
-    regions: list[tuple[torch.Tensor, torch.Tensor]],
+    regions: list[Region],
     data: Any,
     border: int,
     tile: int,
@@ -115,15 +140,17 @@ def evaluate_regions(
     clusters: int = 6,
     std_scale: float | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
-    """Metrics of the model and of each baseline over normalised LR/HR pairs; also the first
-    region's predictions in physical units (for figures). With a ``sampler``, ``first`` also holds
-    ``uncertainty``: its calibration against HR, the reliability curve and the time per area of a
-    single pass and of the sampled pass; with ``std_scale`` (fitted elsewhere, e.g. on the validation
-    split) also the calibration of the spread times that factor (``recalibrated_*``)."""
+    """Metrics of the model and of each baseline over normalised LR/HR regions, on the pixels that
+    hold data only (:func:`evaluation_mask`; ``pixels`` counts them, ``pixels_total`` the cropped
+    area); also the first region's predictions in physical units (for figures). With a ``sampler``,
+    ``first`` also holds ``uncertainty``: its calibration against HR, the reliability curve and the
+    time per area of a single pass and of the sampled pass; with ``std_scale`` (fitted elsewhere,
+    e.g. on the validation split) also the calibration of the spread times that factor
+    (``recalibrated_*``)."""
     to_physical = physical_converter(data)
 
     names = data.band_names
-    pooled = {m: SRMetrics(names, border, per_band_ssim=True) for m in METHODS}
+    pooled = {m: SRMetrics(names, border, per_band_ssim=True, masked=True) for m in METHODS}
     weighted: dict[str, dict[str, list[tuple[float, float]]]] = {m: defaultdict(list) for m in METHODS}
     lpips = _Lpips(lpips_net, device) if lpips_net else None
     degrade = clean_degradation(getattr(data, "degradation", model.scale))
@@ -131,7 +158,10 @@ def evaluate_regions(
     calibration = Calibration() if sampler is not None else None
     recalibrated = Calibration() if sampler is not None and std_scale is not None else None
     timing = {"single_pass_s": 0.0, "sampled_s": 0.0}
-    for lr_n, hr_n in regions:
+    total_pixels = 0
+    for region in regions:
+        lr_n, hr_n = region.lr, region.hr
+        valid = evaluation_mask(region, model.scale)
         lr_b = lr_n[None].to(device)
         started = time.perf_counter()
         sr_n = tiled_super_resolve(model.generator.to(device), lr_n, model.scale, tile, overlap, batch_size, device)
@@ -142,49 +172,65 @@ def evaluate_regions(
             "nearest": torch.nn.functional.interpolate(lr_b, scale_factor=model.scale, mode="nearest")[0],
         }
         lr, hr = to_physical(lr_n), to_physical(hr_n)
-        pixels = float(hr.shape[-2] * hr.shape[-1])
         crop = (slice(None), slice(border, hr.shape[-2] - border), slice(border, hr.shape[-1] - border))
-        thematic = ThematicAgreement(hr[crop], names, k=clusters)
+        inside = _crop2(valid, border)
+        pixels = float(inside.sum())
+        total_pixels += inside.numel()
+        if pixels == 0:
+            continue
+        thematic = ThematicAgreement(hr[crop], names, k=clusters, valid=inside)
         if not first:
-            first.update(lr=lr, hr=hr)
+            first.update(lr=lr, hr=hr, valid=valid)
         if sampler is not None:
             started = time.perf_counter()
             mean, std = sample_spread(sampler, lr_n, model.scale, tile, overlap, batch_size, device, to_physical)
             timing["sampled_s"] += time.perf_counter() - started
-            calibration.update(mean[crop], std[crop], hr[crop])
+            calibration.update(mean[crop][:, inside], std[crop][:, inside], hr[crop][:, inside])
             if recalibrated is not None:
-                recalibrated.update(mean[crop], std[crop] * std_scale, hr[crop])
+                recalibrated.update(mean[crop][:, inside], std[crop][:, inside] * std_scale, hr[crop][:, inside])
             first.setdefault("sr_std", std)
         for method, pred_n in predictions.items():
             pred = to_physical(pred_n)
             if histogram_match and method == "sr":  # as srgan-infer histogram_match=true would write it
-                pred = match_histograms(pred, lr)
-            pooled[method].update(pred[None], hr[None])
+                pred = match_histograms(pred, lr, reference_valid=region.lr_valid, source_valid=valid)
+            pooled[method].update(pred[None], hr[None], valid[None])
             values: dict[str, float] = {}
-            total, per_band = ergas(pred[crop], hr[crop], model.scale)
+            total, per_band = ergas(pred[crop], hr[crop], model.scale, inside)
             values["ergas"] = total
             values.update({f"ergas_{n}": v for n, v in zip(names, per_band)})
+            lpips_pixels = 0.0
             if lpips is not None:
-                per_band = lpips(pred[crop], hr[crop])
+                per_band, lpips_pixels = lpips(pred[crop], hr[crop], inside)
                 values["lpips"] = float(np.mean(per_band))
                 values.update({f"lpips_{n}": v for n, v in zip(names, per_band)})
-            values.update(index_errors(pred[crop], hr[crop], names))
+            values.update(index_errors(pred[crop], hr[crop], names, inside))
             values.update(thematic.compare(pred[crop]))
-            values.update(consistency(pred, lr, degrade, border))
-            values.update(synthesis(pred, lr, hr, model.scale, border))
-            shares = correctness(pred, lr, hr, model.scale, border)
+            values.update(consistency(pred, lr, degrade, border, valid, region.lr_valid))
+            values.update(synthesis(pred, lr, hr, model.scale, border, valid))
+            shares = correctness(pred, lr, hr, model.scale, border, valid=valid)
             counted = float(shares.pop("correctness_pixels"))
             for key, value in values.items():
-                weighted[method][key].append((value, pixels))
+                weighted[method][key].append((value, float(lpips_pixels) if key.startswith("lpips") else pixels))
             for key, value in shares.items():
                 weighted[method][key].append((value, counted))
+            weighted[method]["correctness_pixels"].append((counted, 1.0))
+            if lpips is not None:
+                weighted[method]["lpips_pixels"].append((float(lpips_pixels), 1.0))
             first.setdefault(method, pred)
+    if not first:
+        raise ValueError(f"{data.path}: the evaluated area has no pixel with data (all nodata after the border)")
     results = {}
     for method in METHODS:
         out = pooled[method].compute()
         for key, pairs in weighted[method].items():
+            if key.endswith("_pixels"):  # counts add up over regions
+                out[key] = float(sum(v for v, _ in pairs))
+                continue
             finite = [(v, w) for v, w in pairs if math.isfinite(v) and w > 0]
             out[key] = float(np.average([v for v, _ in finite], weights=[w for _, w in finite])) if finite else math.nan
+        out["pixels"] = float(out["pixels"])
+        out["ssim_pixels"] = float(out["ssim_pixels"])
+        out["pixels_total"] = float(total_pixels)
         results[method] = out
     if calibration is not None:
         first["uncertainty"] = {
@@ -217,7 +263,7 @@ def sample_spread(
 
 def fit_std_scale(
     sampler: SampleSpread,
-    regions: list[tuple[torch.Tensor, torch.Tensor]],
+    regions: list[Region],
     data: Any,
     model: ExportedModel,
     border: int,
@@ -229,17 +275,19 @@ def fit_std_scale(
     """The factor that puts 68.27 % of HR values inside mean +- factor x std on these (held-out,
     non-test) areas: the 68.27 % quantile of |error| / std there (matching the RMS spread to the
     RMSE instead undershoots the central levels when errors are heavy-tailed, as SR errors are);
-    also the raw calibration there."""
+    also the raw calibration there. Pixels without data are left out."""
     to_physical = physical_converter(data)
 
     cal, errors, spreads = Calibration(), [], []
-    for lr_n, hr_n in regions:
-        mean, std = sample_spread(sampler, lr_n, model.scale, tile, overlap, batch_size, device, to_physical)
-        hr = to_physical(hr_n)
+    for region in regions:
+        mean, std = sample_spread(sampler, region.lr, model.scale, tile, overlap, batch_size, device, to_physical)
+        hr = to_physical(region.hr)
         crop = (slice(None), slice(border, hr.shape[-2] - border), slice(border, hr.shape[-1] - border))
-        cal.update(mean[crop], std[crop], hr[crop])
-        errors.append((hr[crop] - mean[crop]).abs().flatten())
-        spreads.append(std[crop].flatten())
+        inside = _crop2(evaluation_mask(region, model.scale), border)
+        m, sd, t = mean[crop][:, inside], std[crop][:, inside], hr[crop][:, inside]
+        cal.update(m, sd, t)
+        errors.append((t - m).abs().flatten())
+        spreads.append(sd.flatten())
     if not cal.compute()["mean_std"] > 0:
         raise ValueError("the samples have no spread on the calibration split: no scale factor can be fitted")
     return interval_scale(torch.cat(errors), torch.cat(spreads)), cal.compute()
@@ -265,12 +313,15 @@ def figure(first: dict[str, torch.Tensor], results: dict, rgb: list[int], bands:
     import matplotlib.pyplot as plt
 
     hr = first["hr"]
+    valid = first.get("valid", torch.ones(hr.shape[-2:], dtype=torch.bool))
     size = min(128, hr.shape[-2], hr.shape[-1])
-    # The three tiles with the most HR detail (where SR matters).
-    detail = torch.nn.functional.avg_pool2d((hr - first["bicubic"]).abs().mean(0)[None, None], size, size)[0, 0]
-    order = torch.argsort(detail.flatten(), descending=True)[:3].tolist()
+    # The three tiles with the most HR detail (where SR matters); tiles with nodata rank last.
+    detail = (hr - first["bicubic"]).abs().mean(0) * valid
+    detail = torch.nn.functional.avg_pool2d(detail[None, None], size, size)[0, 0]
+    full = torch.nn.functional.avg_pool2d(valid.float()[None, None], size, size)[0, 0]
+    order = torch.argsort((detail * (full >= 0.999) + detail * 1e-6).flatten(), descending=True)[:3].tolist()
     spots = [(i // detail.shape[1] * size, i % detail.shape[1] * size) for i in order]
-    lo, hi = np.percentile(hr[rgb].numpy(), [1, 99])
+    lo, hi = np.percentile(hr[rgb][:, valid].numpy(), [1, 99])  # the stretch of the pixels with data
 
     def show(x: torch.Tensor) -> np.ndarray:
         return np.clip((x[rgb].permute(1, 2, 0).numpy() - lo) / max(hi - lo, 1e-6), 0, 1)
@@ -319,8 +370,43 @@ def default_output(model_dir: Path) -> Path:
     return (run_dir if (run_dir / "resolved_config.yaml").is_file() else model_dir) / "eval.json"
 
 
+# The few evaluation numbers logged as MLflow metrics (the SR model's, and its gain over bicubic);
+# the whole table goes to the run as an artifact (eval.json, eval_table.csv) instead of one
+# single-point chart per method and measure.
+SUMMARY_METRICS = ("psnr", "ssim", "sam_deg", "lpips", "ergas", "hallucination")
+
+
+def write_table(results: dict[str, dict[str, float]], path: Path) -> Path:
+    """Every measure (rows) of every method (columns) and SR's gain over bicubic, as CSV."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["metric", *results, "sr_minus_bicubic"])
+        for key in results["sr"]:
+            row = [results[m].get(key, math.nan) for m in results]
+            out.writerow([key, *(f"{v:.6g}" for v in row), f"{results['sr'][key] - results['bicubic'][key]:.6g}"])
+    return path
+
+
+def summary_metrics(results: dict[str, dict[str, float]], split: str) -> dict[str, float]:
+    """``eval_<split>/<measure>`` of SR and ``eval_<split>/<measure>_gain`` over bicubic, finite only."""
+    out = {}
+    for key in SUMMARY_METRICS:
+        sr, bicubic = results["sr"].get(key, math.nan), results["bicubic"].get(key, math.nan)
+        out[f"eval_{split}/{key}"] = sr
+        out[f"eval_{split}/{key}_gain"] = sr - bicubic
+    out[f"eval_{split}/pixels"] = results["sr"]["pixels"]
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
 def _log_to_mlflow(
-    cfg: DictConfig, model: ExportedModel, results: dict, files: list[Path], extra: dict[str, float] | None = None
+    cfg: DictConfig,
+    model: ExportedModel,
+    data: Any,
+    results: dict,
+    files: list[Path],
+    extra: dict[str, float] | None = None,
 ) -> None:
     source = model.config.get("source", {})
     tracker = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment_name, run_name=f"eval-{model.directory.name}")
@@ -328,10 +414,10 @@ def _log_to_mlflow(
     run_id = (
         source["mlflow_run_id"]
         if attached
-        else tracker.start({"model": str(model.directory), "dataset": cfg.dataset.name, "split": cfg.split})
+        else tracker.start({"model": str(model.directory), "dataset": data.name, "split": cfg.split})
     )
-    finite = {f"{cfg.split}/{m}/{k}": v for m, r in results.items() for k, v in r.items() if math.isfinite(v)}
-    finite.update({f"{cfg.split}/{k}": v for k, v in (extra or {}).items() if math.isfinite(v)})
+    finite = summary_metrics(results, cfg.split)
+    finite.update({f"eval_{cfg.split}/{k}": v for k, v in (extra or {}).items() if math.isfinite(v)})
     tracker.log_metrics(finite, step=int(source.get("step") or 0))
     for file in files:
         tracker.log_artifact(file, "evaluation")
@@ -341,11 +427,21 @@ def _log_to_mlflow(
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
+@user_errors("srgan-eval")
 def main(cfg: DictConfig) -> None:
     device = pick_device(cfg.device)
     model = load_model(resolve_model(cfg.model, cfg.tracking.uri))
-    data = instantiate(cfg.dataset, _convert_="all")
+    if cfg.get("dataset") is None:
+        # The data and split the model was trained on, as its card records them.
+        data = dataset_from_card(model)
+        print(f"evaluating on the data the model was trained on: {data.path} ({data.name}, as its model card records)")
+    else:
+        data = instantiate(cfg.dataset, _convert_="all")
     check_compatible(model, data)
+    if cfg.allow_train_overlap:
+        print(f"allow_train_overlap=true: the {cfg.split} area is NOT checked against the training area")
+    else:
+        check_held_out(model, data, cfg.split)
     # The model sees data normalised as in its training (e.g. its z-score statistics), whatever
     # normalisation the evaluation's dataset config names.
     if model.normalization.to_config() != data.normalization.to_config():
@@ -362,7 +458,7 @@ def main(cfg: DictConfig) -> None:
         held = data.regions(u.calibrate_on)
         std_scale, raw = fit_std_scale(
             sampler,
-            [(r.lr, r.hr) for r in held],
+            held,
             data,
             model,
             cfg.border,
@@ -378,7 +474,7 @@ def main(cfg: DictConfig) -> None:
     regions = data.regions(cfg.split)
     results, first = evaluate_regions(
         model,
-        [(r.lr, r.hr) for r in regions],
+        regions,
         data,
         cfg.border,
         cfg.tile,
@@ -392,9 +488,12 @@ def main(cfg: DictConfig) -> None:
         std_scale,
     )
     size = " + ".join(f"{r.hr.shape[-2]}x{r.hr.shape[-1]}" for r in regions)
+    counted, total = int(results["sr"]["pixels"]), int(results["sr"]["pixels_total"])
     print(
         f"\n{data.name} / {cfg.split} area ({size} HR px, x{data.scale}, border {cfg.border} px); "
-        f"values in {physical_units(data.normalization, data.dtype)!r} units, PSNR pooled, SAM in degrees\n"
+        f"values in {physical_units(data.normalization, data.dtype)!r} units, PSNR pooled, SAM in degrees; "
+        f"measured on the {counted} of {total} pixels that hold data ({1 - counted / max(total, 1):.1%} nodata "
+        f"left out; LPIPS on {int(results['sr'].get('lpips_pixels', 0))} px of whole nodata-free tiles)\n"
     )
     print(format_table(results))
     uncertainty = first.get("uncertainty")
@@ -430,7 +529,7 @@ def main(cfg: DictConfig) -> None:
         report["uncertainty"] = uncertainty
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
-    files = [output]
+    files = [output, write_table(results, output.with_name(output.stem + "_table.csv"))]
     if cfg.figure:
         files.append(figure(first, results, data.rgb_indices, data.band_names, output.with_suffix(".png")))
         if uncertainty:
@@ -445,7 +544,7 @@ def main(cfg: DictConfig) -> None:
     print(f"\nwritten to {', '.join(str(f) for f in files)}")
     if cfg.log_to_mlflow:
         extra = {f"uncertainty/{k}": float(v) for k, v in (uncertainty or {}).items() if isinstance(v, (int, float))}
-        _log_to_mlflow(cfg, model, results, files, extra)
+        _log_to_mlflow(cfg, model, data, results, files, extra)
 
 
 if __name__ == "__main__":

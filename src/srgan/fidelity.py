@@ -20,7 +20,8 @@ Super-Resolution", IEEE GRSL 21, 2024, and the `opensr-test` package (>= 0.2) th
   (elsewhere there is nothing to improve; opensr-test masks low-gradient pixels for the same reason).
 
 All inputs are ``(bands, H, W)`` tensors in physical units (e.g. reflectance); ``border`` HR pixels
-are ignored at each edge.
+are ignored at each edge. An optional ``valid`` ``(H, W)`` mask (HR grid; ``lr_valid`` on the LR
+grid) restricts every measure to pixels that hold data: nodata never enters a mean.
 """
 
 from __future__ import annotations
@@ -37,10 +38,20 @@ def _crop(x: torch.Tensor, border: int) -> torch.Tensor:
     return x[..., border : x.shape[-2] - border, border : x.shape[-1] - border] if border else x
 
 
-def spectral_angle_deg(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> float:
-    """Mean per-pixel angle between the band vectors of ``a`` and ``b`` (degrees)."""
+def _valid(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    return torch.ones(x.shape[-2:], dtype=torch.bool) if valid is None else valid.bool()
+
+
+def _mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(bands, H, W)`` or ``(H, W)`` over the valid pixels (NaN when there is none)."""
+    values = x[..., valid]
+    return values.mean() if values.numel() else torch.tensor(math.nan)
+
+
+def spectral_angle_deg(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8, valid: torch.Tensor | None = None) -> float:
+    """Mean per-pixel angle between the band vectors of ``a`` and ``b`` (degrees), over ``valid``."""
     cos = (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0)).clamp_min(eps)
-    return math.degrees(float(torch.arccos(cos.clamp(-1.0, 1.0)).mean()))
+    return math.degrees(float(_mean(torch.arccos(cos.clamp(-1.0, 1.0)), _valid(a, valid))))
 
 
 def phase_correlation_shift(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -62,23 +73,40 @@ def phase_correlation_shift(a: torch.Tensor, b: torch.Tensor) -> tuple[float, fl
     return (dy - h if dy > h / 2 else dy), (dx - w if dx > w / 2 else dx)
 
 
-def consistency(sr: torch.Tensor, lr: torch.Tensor, degrade, border: int = 0) -> dict[str, float]:
-    """SR degraded back to the LR grid against LR."""
-    back = degrade(sr)
+def consistency(
+    sr: torch.Tensor,
+    lr: torch.Tensor,
+    degrade,
+    border: int = 0,
+    valid: torch.Tensor | None = None,
+    lr_valid: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """SR degraded back to the LR grid against LR, on the LR pixels that hold data (SR over nodata
+    is left out of the degradation by :meth:`srgan.data.degradation.Resample.masked`)."""
+    if valid is None or bool(valid.all()):
+        back, back_valid = degrade(sr), torch.ones(lr.shape[-2:], dtype=torch.bool)
+    else:
+        back, back_valid = degrade.masked(sr, valid.bool())
     b = border // max(1, sr.shape[-1] // lr.shape[-1])
+    keep = _crop(back_valid & _valid(lr, lr_valid), b)
     back, lr = _crop(back, b), _crop(lr, b)
-    dy, dx = phase_correlation_shift(lr, back)
+    # Phase correlation needs whole images: missing pixels take the image's valid mean.
+    fill = [torch.where(keep, x, _mean(x, keep).nan_to_num()) for x in (lr, back)]
+    dy, dx = phase_correlation_shift(*fill) if bool(keep.any()) else (math.nan, math.nan)
     return {
-        "consistency_reflectance_l1": float((back - lr).abs().mean()),
-        "consistency_spectral_sam_deg": spectral_angle_deg(back, lr) if lr.shape[0] > 1 else 0.0,
+        "consistency_reflectance_l1": float(_mean((back - lr).abs(), keep)),
+        "consistency_spectral_sam_deg": spectral_angle_deg(back, lr, valid=keep) if lr.shape[0] > 1 else 0.0,
         "consistency_spatial_shift_px": math.hypot(dy, dx),
     }
 
 
-def synthesis(sr: torch.Tensor, lr: torch.Tensor, hr: torch.Tensor, scale: int, border: int = 0) -> dict[str, float]:
+def synthesis(
+    sr: torch.Tensor, lr: torch.Tensor, hr: torch.Tensor, scale: int, border: int = 0, valid: torch.Tensor | None = None
+) -> dict[str, float]:
     up = upsample_image(lr[None], scale, "bicubic")[0]
-    added = _crop((sr - up).abs(), border).mean()
-    present = _crop((hr - up).abs(), border).mean().clamp_min(1e-12)
+    keep = _crop(_valid(hr, valid), border)
+    added = _mean(_crop((sr - up).abs(), border), keep)
+    present = _mean(_crop((hr - up).abs(), border), keep).clamp_min(1e-12)
     return {"synthesis_l1": float(added), "synthesis_ratio": float(added / present)}
 
 
@@ -97,14 +125,20 @@ def correctness_scores(
 
 
 def correctness(
-    sr: torch.Tensor, lr: torch.Tensor, hr: torch.Tensor, scale: int, border: int = 0, min_reference: float = 0.002
+    sr: torch.Tensor,
+    lr: torch.Tensor,
+    hr: torch.Tensor,
+    scale: int,
+    border: int = 0,
+    min_reference: float = 0.002,
+    valid: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Shares of the counted pixels classified as improvement, omission and hallucination."""
     up = upsample_image(lr[None], scale, "bicubic")[0]
     d_ref = _crop((up - hr).abs().mean(0), border)
     d_im = _crop((sr - hr).abs().mean(0), border) / d_ref.clamp_min(1e-12)
     d_om = _crop((sr - up).abs().mean(0), border) / d_ref.clamp_min(1e-12)
-    counted = d_ref >= min_reference
+    counted = (d_ref >= min_reference) & _crop(_valid(hr, valid), border)
     n = int(counted.sum())
     if n == 0:
         return {"improvement": math.nan, "omission": math.nan, "hallucination": math.nan, "correctness_pixels": 0}
@@ -118,11 +152,17 @@ def correctness(
     }
 
 
-def ergas(pred: torch.Tensor, target: torch.Tensor, scale: int) -> tuple[float, list[float]]:
+def ergas(
+    pred: torch.Tensor, target: torch.Tensor, scale: int, valid: torch.Tensor | None = None
+) -> tuple[float, list[float]]:
     """ERGAS (Wald 2000): ``100 / scale * sqrt(mean_b (RMSE_b / mean_b)^2)``; also each band's term
-    ``100 / scale * RMSE_b / mean_b``. Inputs ``(bands, H, W)``."""
-    rmse = ((pred.double() - target.double()) ** 2).mean(dim=(-2, -1)).sqrt()
-    rel = rmse / target.double().mean(dim=(-2, -1)).abs().clamp_min(1e-12)
+    ``100 / scale * RMSE_b / mean_b``. Inputs ``(bands, H, W)``, over the ``valid`` pixels."""
+    keep = _valid(pred, valid)
+    if not bool(keep.any()):
+        return math.nan, [math.nan] * pred.shape[0]
+    p, t = pred.double()[:, keep], target.double()[:, keep]
+    rmse = ((p - t) ** 2).mean(dim=-1).sqrt()
+    rel = rmse / t.mean(dim=-1).abs().clamp_min(1e-12)
     return float(100 / scale * rel.pow(2).mean().sqrt()), (100 / scale * rel).tolist()
 
 
@@ -145,8 +185,16 @@ def quantile_maps(source: np.ndarray, reference: np.ndarray, points: int = 1024)
     return [(np.percentile(s, q), np.percentile(r, q)) for s, r in zip(source, reference)]
 
 
-def match_histograms(source: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``source`` ``(bands, H, W)`` with each band's histogram matched to ``reference``'s band."""
-    maps = quantile_maps(source.flatten(1).numpy(), reference.flatten(1).numpy())
+def match_histograms(
+    source: torch.Tensor,
+    reference: torch.Tensor,
+    reference_valid: torch.Tensor | None = None,
+    source_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``source`` ``(bands, H, W)`` with each band's histogram matched to ``reference``'s band (the
+    histograms of their valid pixels)."""
+    maps = quantile_maps(
+        source[:, _valid(source, source_valid)].numpy(), reference[:, _valid(reference, reference_valid)].numpy()
+    )
     out = [np.interp(band.numpy(), sq, rq) for band, (sq, rq) in zip(source, maps)]
     return torch.from_numpy(np.stack(out).astype(np.float32))

@@ -9,7 +9,10 @@ written out (a rasterio window) and forgotten. Memory is bounded by the tile siz
 scene *width*, never its height. The output has the input's CRS, a geotransform with 1/scale of the
 pixel size, the input's band names, nodata value and units (inverse normalisation, rounded and
 clipped to the input's data type), as a tiled, DEFLATE-compressed GeoTIFF (or a COG). LR nodata
-pixels stay nodata in SR (their scale x scale blocks). The file appears only once complete.
+pixels stay nodata in SR (their scale x scale blocks). A pixel is nodata where every band is at the
+nodata value or the file's mask band says so (GDAL's per-dataset rule: NIR = 0 over water is data);
+``nodata=<value>`` overrides the file's tag, ``nodata=none`` ignores it. The file appears only once
+complete.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import contextlib
 import glob
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -36,11 +38,13 @@ import rasterio.shutil
 import torch
 from affine import Affine
 from omegaconf import DictConfig
+from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
+from srgan.cli import user_errors
 from srgan.config import CONF_DIR
-from srgan.data.rasters import RasterError, select_bands, to_dtype
+from srgan.data.rasters import RasterError, effective_nodata, parse_nodata, select_bands, to_dtype, valid_pixels
 from srgan.devices import pick_device
 from srgan.engine.checkpoint import ExportedModel, load_model
 from srgan.fidelity import quantile_maps
@@ -81,6 +85,7 @@ def super_resolve_file(
     sampler: SampleSpread | None = None,
     std_path: str | Path | None = None,
     std_scale: float = 1.0,
+    nodata: float | str | None = None,
 ) -> dict[str, Any]:
     """Stream ``input_path`` through the model into ``output_path``; returns the path and timing.
 
@@ -88,9 +93,12 @@ def super_resolve_file(
     ``std_path`` (default ``<output>_std.tif``) the per-band standard deviation in the output's units
     times ``std_scale`` (float32, NaN where the input has no data).
 
+    ``nodata``: None (the input's tag and mask band), a number (overrides the tag) or ``"none"``.
+
     GDAL's block cache (by default 5 % of the RAM) would otherwise hold written blocks and grow
     with the scene: it is capped at ``gdal_cache_mb``."""
-    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20):
+    nodata_setting = parse_nodata(nodata, "nodata")
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20, GDAL_TIFF_INTERNAL_MASK=True):
         input_path, output_path = Path(input_path), Path(output_path)
         if sampler is not None and histogram_match:
             raise ValueError(
@@ -119,10 +127,16 @@ def super_resolve_file(
                     f"{input_path}: {len(indices)} bands selected, the model was trained on {len(model.band_names)} "
                     f"({', '.join(model.band_names)})"
                 )
-            height, width, dtype, nodata = src.height, src.width, chosen.dtype, src.nodata
+            height, width, dtype = src.height, src.width, chosen.dtype
+            nodata = effective_nodata(src, indices, nodata_setting)
             if nodata is None and np.dtype(dtype).kind == "f":
                 # NaN is a float raster's nodata whether or not the file says so: it stays NaN in SR.
                 nodata = float("nan")
+            # An integer input whose missing pixels come from a mask band (no nodata value) gets one too.
+            write_mask = nodata is None and any(
+                MaskFlags.per_dataset in src.mask_flag_enums[i - 1] or MaskFlags.alpha in src.mask_flag_enums[i - 1]
+                for i in indices
+            )
             profile = dict(
                 driver="GTiff",
                 width=width * s,
@@ -175,10 +189,9 @@ def super_resolve_file(
                     base = 0  # first HR row held in the buffers
                     for i, r in enumerate(rows):
                         th = by_row[r][0][2]
-                        strip = src.read(indices, window=Window(0, r, width, th)).astype(np.float32)
-                        valid = np.isfinite(strip).all(0)
-                        if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-                            valid &= ~(strip == nodata).any(0)
+                        raw = src.read(indices, window=Window(0, r, width, th))
+                        valid = valid_pixels(src, indices, raw, Window(0, r, width, th), nodata_setting)
+                        strip = raw.astype(np.float32)
                         if histogram_match:  # about a million LR values per band, each LR row once
                             fresh = rows[i + 1] - r if i + 1 < len(rows) else th
                             values = strip[:, :fresh][:, valid[:fresh]]
@@ -226,6 +239,9 @@ def super_resolve_file(
                             else:
                                 out = _to_output(out, mask_rows[:n], profile, model, None)
                             dst.write(out, window=Window(0, base, width * s, n))
+                            if write_mask and not histogram_match:
+                                mask = (~mask_rows[:n]).astype(np.uint8) * 255
+                                dst.write_mask(mask, window=Window(0, base, width * s, n))
                             acc, wsum, mask_rows = acc[:, n:], wsum[:, n:], mask_rows[n:]
                             base = final
                     if not histogram_match:
@@ -382,6 +398,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="infer", version_base="1.3")
+@user_errors("srgan-infer")
 def main(cfg: DictConfig) -> None:
     # SIGTERM (a scheduler's time limit, `kill`) unwinds like Ctrl-C: partial files are removed.
     signal.signal(signal.SIGTERM, _terminate)
@@ -406,6 +423,7 @@ def main(cfg: DictConfig) -> None:
         sampler=sampler,
         std_path=cfg.get("std_output"),
         std_scale=float(u.get("std_scale", 1.0)),
+        nodata=cfg.get("nodata"),
     )
     spread = f", per-band std -> {result['std_output']} ({sampler.samples} samples)" if sampler else ""
     print(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -32,7 +31,8 @@ from rasterio.windows import Window
 from torch.utils.data import ConcatDataset, Dataset
 
 from srgan.data.degradation import Resample
-from srgan.data.rasters import RasterError, select_bands
+from srgan.data.normalization import resolve_auto
+from srgan.data.rasters import RasterError, effective_nodata, parse_nodata, select_bands, valid_pixels
 from srgan.data.splits import SPLITS, check_fractions, column_blocks
 
 NAN_POLICIES = ("mask", "reject")
@@ -40,12 +40,60 @@ NAN_POLICIES = ("mask", "reject")
 
 @dataclass
 class Region:
-    """One split's area: normalised HR and its LR, with the HR georeference."""
+    """One split's area: normalised HR and its LR, with the HR georeference and which pixels hold
+    data (``(H, W)`` booleans; nodata pixels are 0 in the normalised tensors)."""
 
     lr: torch.Tensor
     hr: torch.Tensor
     hr_transform: Affine
     crs: CRS | None
+    hr_valid: torch.Tensor | None = None
+    lr_valid: torch.Tensor | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.hr_valid is None:
+            self.hr_valid = torch.ones(self.hr.shape[-2:], dtype=torch.bool)
+        if self.lr_valid is None:
+            self.lr_valid = torch.ones(self.lr.shape[-2:], dtype=torch.bool)
+
+
+@dataclass
+class Area:
+    """Where a split's pixels lie: the file, its CRS (WKT, None without one), the area's bounds in
+    that CRS and its pixel window ``(row, col, rows, cols)``. A model card records its training
+    areas, so that an evaluation can refuse a test area that overlaps them."""
+
+    path: str
+    crs: str | None
+    bounds: tuple[float, float, float, float]
+    pixels: tuple[int, int, int, int]
+
+    @classmethod
+    def of(cls, path: Path, crs: CRS | None, transform: Affine, pixels: tuple[int, int, int, int]) -> Area:
+        row, col, rows, cols = pixels
+        xs, ys = zip(*(transform @ (c, r) for r, c in ((row, col), (row + rows, col + cols))))
+        left, bottom, right, top = min(xs), min(ys), max(xs), max(ys)
+        resolved = str(path.resolve()) if path.exists() else str(path)
+        return cls(resolved, crs.to_wkt() if crs else None, (left, bottom, right, top), tuple(pixels))
+
+    def to_card(self) -> dict[str, Any]:
+        return {"path": self.path, "crs": self.crs, "bounds": list(self.bounds), "pixels": list(self.pixels)}
+
+    def overlaps(self, other: Area) -> bool:
+        """Both georeferenced in one CRS: their bounds share area. Otherwise: the same file and
+        their pixel windows share pixels."""
+        if self.crs and other.crs:
+            if CRS.from_wkt(self.crs) != CRS.from_wkt(other.crs):
+                return False
+            (l1, b1, r1, t1), (l2, b2, r2, t2) = self.bounds, other.bounds
+            width = min(max(r1, l1), max(r2, l2)) - max(min(r1, l1), min(r2, l2))
+            height = min(max(t1, b1), max(t2, b2)) - max(min(t1, b1), min(t2, b2))
+            return width > 0 and height > 0
+        if self.path != other.path:
+            return False
+        (r1, c1, h1, w1), (r2, c2, h2, w2) = self.pixels, other.pixels
+        return min(r1 + h1, r2 + h2) > max(r1, r2) and min(c1 + w1, c2 + w2) > max(c1, c2)
 
 
 @dataclass
@@ -96,18 +144,23 @@ def make_filter(filters: dict[str, Any] | None) -> PatchFilter:
 
 class GeoTiffSource:
     """One GeoTIFF: band selection checked up front, windowed reads in stored units plus a validity
-    mask (nodata value or NaN in any band). The file is opened lazily once per process, so the
-    source can go to DataLoader workers."""
+    mask (:func:`srgan.data.rasters.valid_pixels`: nodata where every band is at the nodata value or
+    the file's mask says so; NaN in any band). ``nodata`` overrides the file's tag (a number) or
+    ignores it (``"none"``). The file is opened lazily once per process, so the source can go to
+    DataLoader workers."""
 
-    def __init__(self, path: str | os.PathLike, bands: Sequence[str | int] | None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, bands: Sequence[str | int] | None, nodata: float | str | None = None
+    ) -> None:
         self.path = Path(path)
+        self.nodata_setting = parse_nodata(nodata, "dataset.nodata")
         if not self.path.is_file():
             raise RasterError(f"{self.path}: no such file")
         try:
             with rasterio.open(self.path) as src:
                 chosen = select_bands(self.path, src, bands)
                 self.indices, self.band_names, self.dtype = chosen.indices, chosen.names, chosen.dtype
-                self.nodata = src.nodata
+                self.nodata = effective_nodata(src, chosen.indices, self.nodata_setting)
                 self.height, self.width = src.height, src.width
                 self.transform, self.crs = src.transform, src.crs
         except RasterioError as err:
@@ -121,11 +174,9 @@ class GeoTiffSource:
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         if self._handle is None or self._pid != os.getpid():
             self._handle, self._pid = rasterio.open(self.path), os.getpid()
-        data = self._handle.read(self.indices, window=window).astype(np.float32)
-        valid = np.isfinite(data).all(0)
-        if self.nodata is not None and not math.isnan(self.nodata):
-            valid &= ~(data == self.nodata).any(0)
-        return data, valid
+        raw = self._handle.read(self.indices, window=window)
+        valid = valid_pixels(self._handle, self.indices, raw, window, self.nodata_setting)
+        return raw.astype(np.float32), valid
 
 
 class ArraySource:
@@ -275,6 +326,10 @@ class RasterSRData(_HeldOutAreas):
         filters: :class:`PatchFilter` keys (nodata, water, saturation shares) for training patches.
         nan_policy: ``mask`` (NaN pixels are nodata) or ``reject`` (a NaN anywhere is an error).
         cache_dir: where per-band statistics of the training split are cached (z-score, percentiles).
+        nodata: None (the file's nodata tag and mask), ``"none"`` (ignore the tag) or a number.
+
+    ``normalization`` may be :class:`srgan.data.normalization.ByDataType` (``dataset/normalization=auto``,
+    the default of ``dataset=raster``): the scale then follows the file's data type.
     """
 
     def __init__(
@@ -293,8 +348,10 @@ class RasterSRData(_HeldOutAreas):
         filters: dict[str, Any] | None = None,
         nan_policy: str = "mask",
         cache_dir: str | None = None,
+        nodata: float | str | None = None,
     ) -> None:
         bands = list(bands)
+        self.nodata_setting = parse_nodata(nodata, "dataset.nodata")
         _check_sizes(bands, num_bands, scale, patch_size, val_tile)
         if getattr(degradation, "scale", scale) != scale:
             raise ValueError(f"dataset.degradation.scale={degradation.scale} differs from dataset.scale={scale}")
@@ -313,6 +370,8 @@ class RasterSRData(_HeldOutAreas):
                     f"{source.path}: bands {source.band_names} differ from {self.path}'s {self.band_names}"
                 )
         self.dtype = self.sources[0].dtype
+        self.nodata = self.sources[0].nodata
+        self.normalization = resolve_auto(self.normalization, self.dtype, self.path)
         self.rgb_indices = _rgb_indices(bands, self.band_names, rgb_bands)
         self.water_index = self._water_index()
         self.margin = getattr(degradation, "margin", 0)
@@ -333,9 +392,9 @@ class RasterSRData(_HeldOutAreas):
         if getattr(self.normalization, "needs_statistics", False) and not self.normalization.fitted:
             self.check_split("train")
         self._check_pixels()
-        _fit_normalization(
-            self.normalization, self.sources, [self.extent(i, "train") for i in range(len(self.sources))], cache_dir
-        )
+        if getattr(self.normalization, "needs_statistics", False):
+            train = [self.extent(i, "train") for i in range(len(self.sources))]
+            _fit_normalization(self.normalization, self.sources, train, cache_dir)
         self._regions: dict[tuple[str, int], Region] = {}
 
     def extent(self, index: int, split: str) -> tuple[int, int, int, int]:
@@ -350,7 +409,7 @@ class RasterSRData(_HeldOutAreas):
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         if not paths:
             raise ValueError("dataset.path lists no file")
-        return [GeoTiffSource(p, self.bands) for p in paths]
+        return [GeoTiffSource(p, self.bands, self.nodata_setting) for p in paths]
 
     def _water_index(self) -> int | None:
         band = self.filter.water_band
@@ -388,13 +447,19 @@ class RasterSRData(_HeldOutAreas):
         for i, source in enumerate(self.sources):
             if (split, i) not in self._regions:
                 row, col, rows, cols = self.extent(i, split)
-                hr = _normalized(self.normalization, *source.read(Window(col, row, cols, rows)))
+                data, valid = source.read(Window(col, row, cols, rows))
+                hr = _normalized(self.normalization, data, valid)
                 rng = np.random.default_rng((getattr(self.degradation, "seed", 0), SPLITS.index(split), i))
+                hr_valid = torch.from_numpy(valid)
+                lr, lr_valid = self.degradation.masked(hr, hr_valid, rng)
                 self._regions[(split, i)] = Region(
-                    lr=self.degradation(hr, rng),
+                    lr=lr,
                     hr=hr,
                     hr_transform=source.transform @ Affine.translation(col, row),
                     crs=source.crs,
+                    hr_valid=hr_valid,
+                    lr_valid=lr_valid,
+                    source=str(source.path),
                 )
             out.append(self._regions[(split, i)])
         return out
@@ -428,6 +493,10 @@ class RasterSRData(_HeldOutAreas):
     def train_dataset(self, length: int, seed: int, augment: bool = True) -> RasterPatches:
         self.check_split("train")
         return RasterPatches(self, length, seed, augment)
+
+    def areas(self, split: str) -> list[Area]:
+        """Where ``split`` lies in each file."""
+        return [Area.of(s.path, s.crs, s.transform, self.extent(i, split)) for i, s in enumerate(self.sources)]
 
 
 class RasterPatches(Dataset):
@@ -463,7 +532,8 @@ class RasterPatches(Dataset):
             reason = d.filter.reason(data[inner], valid[inner[1:]], d.water_index)
             if reason is None:
                 hr = _normalized(d.normalization, data, valid)
-                lr = d.degradation(hr, rng)[:, m // s : (m + p) // s, m // s : (m + p) // s]
+                lr = d.degradation.masked(hr, torch.from_numpy(valid), rng)[0]
+                lr = lr[:, m // s : (m + p) // s, m // s : (m + p) // s]
                 hr = hr[inner]
                 if self.augment:
                     lr, hr = _augment(lr, hr, rng)
@@ -579,8 +649,10 @@ class PairedFolderData(_HeldOutAreas):
         lr_file: str = "lr.tif",
         hr_file: str = "hr.tif",
         cache_dir: str | None = None,
+        nodata: float | str | None = None,
     ) -> None:
         self.root = self.path = Path(root)
+        self.nodata_setting = parse_nodata(nodata, "dataset.nodata")
         bands = list(bands)
         _check_sizes(bands, num_bands, scale, patch_size, val_tile)
         fractions = check_fractions(dict(split["fractions"]))
@@ -594,8 +666,8 @@ class PairedFolderData(_HeldOutAreas):
             raise RasterError(f"{self.root}: no region folders (expected <root>/<region>/{lr_file} and {hr_file})")
         self.pairs: dict[str, list[tuple[GeoTiffSource, GeoTiffSource]]] = {s: [] for s in fractions}
         for folder in folders:
-            lr = GeoTiffSource(folder / lr_file, list(lr_bands) if lr_bands is not None else bands)
-            hr = GeoTiffSource(folder / hr_file, bands)
+            lr = GeoTiffSource(folder / lr_file, list(lr_bands) if lr_bands is not None else bands, nodata)
+            hr = GeoTiffSource(folder / hr_file, bands, nodata)
             if (hr.height, hr.width) != (lr.height * scale, lr.width * scale):
                 raise RasterError(
                     f"{folder}: {hr_file} is {hr.height}x{hr.width} px and {lr_file} {lr.height}x{lr.width} px, "
@@ -611,7 +683,9 @@ class PairedFolderData(_HeldOutAreas):
                     "add regions or change dataset.split.fractions"
                 )
         first_lr, first_hr = next(iter(self.pairs.values()))[0]
-        self.band_names, self.dtype = first_hr.band_names, first_hr.dtype
+        self.band_names, self.dtype, self.nodata = first_hr.band_names, first_hr.dtype, first_hr.nodata
+        self.normalization = resolve_auto(self.normalization, self.dtype, first_hr.path)
+        self.lr_normalization = resolve_auto(self.lr_normalization, first_lr.dtype, first_lr.path)
         self.rgb_indices = _rgb_indices(bands, self.band_names, rgb_bands)
         train = self.pairs.get("train", [])
         for norm, images in (
@@ -642,14 +716,30 @@ class PairedFolderData(_HeldOutAreas):
         if split not in self._regions:
             out = []
             for lr_src, hr_src in self.pairs[split]:
-                lr = _normalized(self.lr_normalization, *lr_src.read(Window(0, 0, lr_src.width, lr_src.height)))
-                hr = _normalized(self.normalization, *hr_src.read(Window(0, 0, hr_src.width, hr_src.height)))
-                out.append(Region(lr, hr, hr_src.transform, hr_src.crs))
+                lr_data, lr_valid = lr_src.read(Window(0, 0, lr_src.width, lr_src.height))
+                hr_data, hr_valid = hr_src.read(Window(0, 0, hr_src.width, hr_src.height))
+                out.append(
+                    Region(
+                        _normalized(self.lr_normalization, lr_data, lr_valid),
+                        _normalized(self.normalization, hr_data, hr_valid),
+                        hr_src.transform,
+                        hr_src.crs,
+                        torch.from_numpy(hr_valid),
+                        torch.from_numpy(lr_valid),
+                        str(hr_src.path.parent),
+                    )
+                )
             self._regions[split] = out
         return self._regions[split]
 
     def train_dataset(self, length: int, seed: int, augment: bool = True) -> Dataset:
         return PairedPatches(self, length, seed, augment)
+
+    def areas(self, split: str) -> list[Area]:
+        """The HR images of ``split``'s regions."""
+        if split not in self.pairs:
+            raise KeyError(f"unknown split {split!r}; this dataset has {list(self.pairs)}")
+        return [Area.of(hr.path, hr.crs, hr.transform, (0, 0, hr.height, hr.width)) for _, hr in self.pairs[split]]
 
 
 class PairedPatches(Dataset):

@@ -100,6 +100,37 @@ class Resample:
         lr = self._resample(hr.unsqueeze(0) if squeeze else hr)
         return lr.squeeze(0) if squeeze else lr
 
+    def masked(
+        self, hr: torch.Tensor, valid: torch.Tensor, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Degrade ``(bands, H, W)`` HR whose pixels are valid where ``valid`` ``(H, W)`` is true.
+
+        Normalised convolution: the (linear) blur and resampling are applied to ``hr * valid`` and
+        to ``valid``, and their ratio is each LR pixel's mean over the valid part of its footprint,
+        so nodata never leaks into LR values. An LR pixel is valid when at least half of its
+        footprint's weight is. Random parts (shift, noise) are drawn exactly as without a mask;
+        with every pixel valid the result equals ``self(hr, rng)``.
+        """
+        if bool(valid.all()):
+            lr = self(hr, rng)
+            return lr, torch.ones(lr.shape[-2:], dtype=torch.bool)
+        weight = valid.to(hr.dtype)[None]
+        lr, coverage = self._linear_pair(hr * weight, weight, rng)
+        filled = torch.where(coverage > 1e-6, lr / coverage.clamp_min(1e-6), torch.zeros_like(lr))
+        lr_valid = (coverage >= 0.5).all(0)
+        filled[:, ~lr_valid] = 0.0
+        return self._add_noise(filled, rng), lr_valid
+
+    def _linear_pair(
+        self, x: torch.Tensor, weight: torch.Tensor, rng: np.random.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The linear part of the degradation applied to an image and to its weight map (per band)."""
+        lr, coverage = self._resample(torch.stack([x, weight.expand_as(x)]))
+        return lr, coverage
+
+    def _add_noise(self, lr: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
+        return lr
+
     def __repr__(self) -> str:
         return f"Resample(scale={self.scale}, method={self.method!r})"
 
@@ -205,17 +236,39 @@ class Degradation(Resample):
         squeeze = hr.dim() == 3
         x = (hr.unsqueeze(0) if squeeze else hr).float()
         rng = rng if rng is not None else self._rng
-        if self.shift is not None or self.max_shift > 0:
-            dy, dx = self.shift if self.shift is not None else rng.uniform(-self.max_shift, self.max_shift, 2)
-            x = self._shift(x, float(dy), float(dx))
+        lr = self._linear(x, self._draw_shift(rng))
+        lr = self._add_noise(lr, rng)
+        return lr.squeeze(0) if squeeze else lr
+
+    def _draw_shift(self, rng: np.random.Generator) -> tuple[float, float] | None:
+        if self.shift is None and self.max_shift <= 0:
+            return None
+        dy, dx = self.shift if self.shift is not None else rng.uniform(-self.max_shift, self.max_shift, 2)
+        return float(dy), float(dx)
+
+    def _linear(self, x: torch.Tensor, shift: tuple[float, float] | None) -> torch.Tensor:
+        """Shift, blur and resample ``(batch, bands, H, W)``: the linear part of the degradation."""
+        if shift is not None:
+            x = self._shift(x, *shift)
         if self.sigmas is not None:
             x = self._blur(x)
-        lr = self._resample(x)
-        if self.snr is not None:
-            level = lr.abs().mean(dim=(-2, -1), keepdim=True) / self.snr
-            noise = torch.from_numpy(rng.standard_normal(lr.shape).astype(np.float32)).to(lr.device)
-            lr = lr + noise * level
-        return lr.squeeze(0) if squeeze else lr
+        return self._resample(x)
+
+    def _linear_pair(
+        self, x: torch.Tensor, weight: torch.Tensor, rng: np.random.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        shift = self._draw_shift(rng if rng is not None else self._rng)
+        pair = torch.stack([x, weight.expand_as(x)]).float()  # the weight map per band (per-band PSFs)
+        lr, coverage = self._linear(pair, shift)
+        return lr, coverage
+
+    def _add_noise(self, lr: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
+        if self.snr is None:
+            return lr
+        rng = rng if rng is not None else self._rng
+        level = lr.abs().mean(dim=(-2, -1), keepdim=True) / self.snr
+        noise = torch.from_numpy(rng.standard_normal(lr.shape).astype(np.float32)).to(lr.device)
+        return lr + noise * level
 
     def __repr__(self) -> str:
         return (

@@ -10,6 +10,7 @@ numbers into a released model, so inference uses exactly the training statistics
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,51 @@ import numpy as np
 import torch
 
 Array = np.ndarray | torch.Tensor
+log = logging.getLogger(__name__)
+
+# Stored units -> physical units by data type, where a convention exists: 8-bit imagery is DN / 255;
+# 16-bit unsigned is taken as Sentinel-2-style reflectance x 10000 (said in the log); floats are
+# physical already. Other integer types have no convention: srgan refuses to guess.
+DTYPE_SCALES = {"uint8": 255.0, "uint16": 10000.0, "float32": 1.0, "float64": 1.0}
+
+
+def dtype_scale(dtype: str, path: Any = None) -> float:
+    """The divisor that turns stored values of ``dtype`` into physical units (:data:`DTYPE_SCALES`)."""
+    if dtype not in DTYPE_SCALES:
+        where = f"{path}: " if path is not None else ""
+        raise ValueError(
+            f"{where}data type {dtype} has no conventional unit scale; choose one: "
+            "dataset/normalization=reflectance (DN / 10000), uint8 (DN / 255), zscore or percentile, "
+            "or dataset.normalization.scale=<divisor> with dataset/normalization=reflectance"
+        )
+    return DTYPE_SCALES[dtype]
+
+
+class ByDataType:
+    """``dataset/normalization=auto``: a :class:`LinearScale` chosen from the file's data type when
+    the dataset opens it (:data:`DTYPE_SCALES`); the run and its released model record the result."""
+
+    needs_statistics = False
+
+    def to_config(self) -> dict[str, Any]:
+        raise RuntimeError("ByDataType is resolved to a LinearScale by the dataset before use")
+
+    def __repr__(self) -> str:
+        return "ByDataType()"
+
+
+def resolve_auto(normalization: Any, dtype: str, path: Any) -> Any:
+    """``normalization`` itself, or for :class:`ByDataType` the linear scale of ``dtype``."""
+    if not isinstance(normalization, ByDataType):
+        return normalization
+    scale = dtype_scale(dtype, path)
+    if dtype == "uint16":
+        log.info(
+            "%s: uint16 values read as reflectance x 10000 (Sentinel-2 convention); set "
+            "dataset/normalization=... if they are not",
+            path,
+        )
+    return LinearScale(scale)
 
 
 def _per_band(values: Sequence[float], x: Array) -> Array:

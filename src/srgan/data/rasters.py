@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -76,6 +78,9 @@ class Raster:
     band_names: list[str]
     dtype: str
     nodata: float | None = None
+    # Which pixels hold data (None: all). Written as the nodata value, or as NaN for a float raster
+    # without one, or as an internal mask band for an integer raster without one.
+    valid: np.ndarray | None = None
 
 
 def _band_indices(
@@ -93,18 +98,86 @@ def _band_indices(
             indices.append(int(band))
         elif isinstance(band, str):
             if band not in names:
-                known = ", ".join(n for n in names if n) or "none (the file has no band descriptions)"
-                raise RasterError(f"{path}: no band named {band!r}; band names in the file: {known}")
+                if any(names):
+                    hint = f"band names in the file: {', '.join(n for n in names if n)}"
+                else:
+                    hint = (
+                        f"the file has no band descriptions: select its bands by 1-based index instead, "
+                        f"e.g. bands=[{','.join(str(i) for i in range(1, min(count, 4) + 1))}]"
+                    )
+                raise RasterError(f"{path}: no band named {band!r}; {hint}")
             indices.append(names.index(band) + 1)
         else:
             raise RasterError(f"{path}: band {band!r} must be a band name or a 1-based index")
     return indices
 
 
+NODATA_FROM_FILE = None
+# ``nodata: none`` in a config: ignore the file's nodata tag (its value is real data, e.g. NIR = 0
+# over water in a file tagged nodata=0); NaN and mask bands still mark missing pixels.
+NODATA_IGNORED = "none"
+
+
+def parse_nodata(value: Any, key: str = "nodata") -> float | str | None:
+    """A ``nodata`` setting: None (the file's), ``"none"`` (ignore the file's tag) or a number."""
+    if value is None or value == NODATA_IGNORED:
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{key} must be null (the file's), 'none' (ignore the file's tag) or a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{key} must be null (the file's), 'none' (ignore the file's tag) or a number, got {value!r}"
+        ) from None
+
+
+def effective_nodata(src: Any, indices: Sequence[int], nodata: float | str | None) -> float | None:
+    """The nodata value in force for the selected bands: the override, or the file's tag."""
+    if nodata == NODATA_IGNORED:
+        return None
+    if nodata is not None:
+        return float(nodata)
+    values = {src.nodatavals[i - 1] for i in indices} - {None}
+    return float(values.pop()) if len(values) == 1 else (src.nodata if values else None)
+
+
+def valid_pixels(
+    src: Any, indices: Sequence[int], data: np.ndarray, window: Window | None, nodata: float | str | None = None
+) -> np.ndarray:
+    """Which pixels of ``data`` (the selected bands, read through ``window``) hold data.
+
+    GDAL's per-dataset rule: a pixel is nodata only where *every* selected band equals its nodata
+    value (one band at the nodata value, e.g. NIR = 0 over water, is data), or where the file's mask
+    band or alpha band says so. ``nodata`` overrides the file's tag (a number) or ignores it
+    (``"none"``). A NaN in any band makes the pixel unusable: a network cannot take it.
+    """
+    flags = [src.mask_flag_enums[i - 1] for i in indices]
+    if nodata is None and any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags):
+        valid = (src.read_masks(list(indices), window=window) > 0).any(0)
+    else:
+        if nodata is None:
+            values = [src.nodatavals[i - 1] for i in indices]
+        else:
+            values = [None if nodata == NODATA_IGNORED else float(nodata)] * len(indices)
+        missing = np.ones(data.shape[1:], dtype=bool)
+        for band, value in zip(data, values):
+            if value is None:
+                missing[:] = False
+                break
+            missing &= np.isnan(band) if math.isnan(value) else band == value
+        valid = ~missing
+    return valid & np.isfinite(data).all(0)
+
+
 def read_raster(
-    path: str | os.PathLike, bands: Sequence[str | int] | None = None, window: Window | None = None
+    path: str | os.PathLike,
+    bands: Sequence[str | int] | None = None,
+    window: Window | None = None,
+    nodata: float | str | None = None,
 ) -> Raster:
-    """Read the selected bands of a GeoTIFF (all when ``bands`` is None)."""
+    """Read the selected bands of a GeoTIFF (all when ``bands`` is None), with their validity
+    (:func:`valid_pixels`) in ``Raster.valid``."""
     path = Path(path)
     if not path.is_file():
         raise RasterError(f"{path}: no such file")
@@ -113,7 +186,9 @@ def read_raster(
             chosen = select_bands(path, src, bands)
             data = src.read(chosen.indices, window=window)
             transform = src.window_transform(window) if window is not None else src.transform
-            return Raster(data, transform, src.crs, chosen.names, chosen.dtype, src.nodata)
+            valid = valid_pixels(src, chosen.indices, data, window, nodata)
+            fill = effective_nodata(src, chosen.indices, nodata)
+            return Raster(data, transform, src.crs, chosen.names, chosen.dtype, fill, valid)
     except RasterioError as err:
         raise RasterError(f"{path}: cannot read as a raster ({err})") from err
 
@@ -128,6 +203,15 @@ def write_raster(path: str | os.PathLike, raster: Raster, overwrite: bool = Fals
         raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     bands, rows, cols = raster.data.shape
+    data = raster.data.astype(raster.dtype, copy=raster.valid is not None)
+    nodata, mask = raster.nodata, None
+    if raster.valid is not None and not raster.valid.all():
+        if nodata is None and np.dtype(raster.dtype).kind == "f":
+            nodata = float("nan")
+        if nodata is None:
+            mask = raster.valid.astype(np.uint8) * 255
+        else:
+            data[:, ~raster.valid] = nodata
     profile = dict(
         driver="GTiff",
         width=cols,
@@ -136,7 +220,7 @@ def write_raster(path: str | os.PathLike, raster: Raster, overwrite: bool = Fals
         dtype=raster.dtype,
         crs=raster.crs,
         transform=raster.transform,
-        nodata=raster.nodata,
+        nodata=nodata,
         compress="deflate",
         predictor=3 if np.dtype(raster.dtype).kind == "f" else 2,
     )
@@ -145,8 +229,10 @@ def write_raster(path: str | os.PathLike, raster: Raster, overwrite: bool = Fals
     fd, tmp = tempfile.mkstemp(suffix=".tif", dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(raster.data.astype(raster.dtype, copy=False))
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+            if mask is not None:
+                dst.write_mask(mask)
             dst.descriptions = tuple(raster.band_names)
         os.replace(tmp, path)
     finally:

@@ -362,10 +362,12 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 
 def _model_classes() -> dict[str, dict[str, type]]:
     """The closed set of classes a model's config may name, by every ``_target_`` spelling srgan writes."""
-    from srgan.data import normalization
+    from srgan.data import degradation, normalization
     from srgan.models import generators
 
-    allowed: dict[str, dict[str, type]] = {"generator": {}, "normalization": {}}
+    allowed: dict[str, dict[str, type]] = {"generator": {}, "normalization": {}, "degradation": {}}
+    for cls in (degradation.Resample, degradation.Degradation):
+        allowed["degradation"][f"srgan.data.degradation.{cls.__name__}"] = cls
     for cls in (
         generators.SRResNetGenerator,
         generators.RCABGenerator,
@@ -398,7 +400,8 @@ def _plain(value: Any, where: str, file: Path) -> Any:
 
 
 def build_from_card(node: Any, kind: str, file: Path) -> Any:
-    """Build one of srgan's own ``kind`` classes ("generator" or "normalization") from a model card node.
+    """Build one of srgan's own ``kind`` classes ("generator", "normalization" or "degradation") from
+    a model card node.
 
     ``_target_`` must be one of the closed set in :func:`_model_classes`; every other key must be a
     parameter of that class with a plain value. Hydra's special keys (``_partial_``, ``_args_``,
