@@ -303,3 +303,18 @@ def test_band_name_error_suggests_indices_when_the_file_has_no_names(tmp_path):
     path = _write(tmp_path / "plain.tif", _scene(), names=None)
     with pytest.raises(RasterError, match=r"no band named 'red'; .*1-based index.*bands=\[1,2,3,4\]"):
         read_raster(path, ["red"])
+
+
+def test_a_nir_band_tagged_alpha_is_data_and_outputs_are_not_rgba(tmp_path):
+    """GDAL's default for 4-band uint8 is RGBA: a NAIP-like file without nodata has NIR as 'alpha'."""
+    data = _scene(32, 48)
+    data[3, 8:20, 8:24] = 0  # NIR = 0 over a lake
+    path = _write(tmp_path / "rgba.tif", data)  # no nodata tag: GDAL's mask would be the NIR band
+    with rasterio.open(path) as src:
+        assert src.colorinterp[3] == rasterio.enums.ColorInterp.alpha  # the trap is real
+    assert read_raster(path).valid.all()
+    model = _tiny_model(tmp_path, {"_target_": "srgan.data.normalization.LinearScale", "scale": 255.0})
+    super_resolve_file(model, path, tmp_path / "sr.tif", tile=16, overlap=4, progress=False)
+    with rasterio.open(tmp_path / "sr.tif") as out:
+        assert rasterio.enums.ColorInterp.alpha not in out.colorinterp
+        assert (out.dataset_mask() > 0).all()  # any GDAL reader sees the lake

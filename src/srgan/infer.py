@@ -148,6 +148,8 @@ def super_resolve_file(
                 nodata=nodata,
                 compress="deflate",
                 predictor=3 if np.dtype(dtype).kind == "f" else 2,
+                # bands, not colours: a 4-band uint8 file would otherwise be RGBA, its NIR "alpha"
+                photometric="MINISBLACK",
                 tiled=True,
                 blockxsize=256,
                 blockysize=256,

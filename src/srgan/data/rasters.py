@@ -15,7 +15,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -142,6 +142,15 @@ def effective_nodata(src: Any, indices: Sequence[int], nodata: float | str | Non
     return float(values.pop()) if len(values) == 1 else (src.nodata if values else None)
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
+
+
 def valid_pixels(
     src: Any, indices: Sequence[int], data: np.ndarray, window: Window | None, nodata: float | str | None = None
 ) -> np.ndarray:
@@ -153,7 +162,16 @@ def valid_pixels(
     (``"none"``). A NaN in any band makes the pixel unusable: a network cannot take it.
     """
     flags = [src.mask_flag_enums[i - 1] for i in indices]
-    if nodata is None and any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags):
+    per_dataset = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
+    # GDAL writes any 4-band 8-bit GeoTIFF as RGBA unless told otherwise, so a NAIP-style R, G, B,
+    # NIR file without a nodata tag has its NIR band as "alpha": a band used as data is no mask.
+    alpha_is_data = any(MaskFlags.alpha in f for f in flags) and any(
+        src.colorinterp[i - 1] == ColorInterp.alpha for i in indices
+    )
+    if alpha_is_data and nodata is None:
+        band = next(i for i in indices if src.colorinterp[i - 1] == ColorInterp.alpha)
+        _warn_once(f"{src.name}: band {band} is tagged as alpha but selected as data: it is not used as a mask")
+    if nodata is None and per_dataset and not alpha_is_data:
         valid = (src.read_masks(list(indices), window=window) > 0).any(0)
     else:
         if nodata is None:
@@ -223,6 +241,9 @@ def write_raster(path: str | os.PathLike, raster: Raster, overwrite: bool = Fals
         nodata=nodata,
         compress="deflate",
         predictor=3 if np.dtype(raster.dtype).kind == "f" else 2,
+        # Bands are bands, not colours: without this GDAL makes a 4-band uint8 file RGBA, and every
+        # GDAL reader (QGIS included) would take the 4th band (NIR) as transparency.
+        photometric="MINISBLACK",
     )
     if rows >= 256 and cols >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
