@@ -80,7 +80,7 @@ def test_eval_cli_writes_metrics_and_logs_them_to_the_run(trained_run):
     (run_info,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
     # A few summary metrics, not one single-point chart per method and measure; the table is an artifact.
     metrics = run_info.data.metrics
-    assert metrics["eval_test/psnr"] == pytest.approx(sr["psnr"]) and "eval_test/lpips_gain" in metrics
+    assert metrics["eval_test_psnr"] == pytest.approx(sr["psnr"]) and "eval_test_lpips_gain" in metrics
     assert not [k for k in metrics if k.startswith("test/")] and len([k for k in metrics if "eval_" in k]) <= 16
     logged = {f.path for f in client.list_artifacts(run_info.info.run_id, "evaluation")}
     assert {"evaluation/eval.json", "evaluation/eval.png", "evaluation/eval_table.csv"} <= logged
@@ -135,7 +135,7 @@ def test_uncertainty_in_eval_and_infer(trained_run):
     assert (tmp / "u_reliability.png").stat().st_size > 5_000
     client = MlflowClient(uri)
     (run_info,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
-    assert run_info.data.metrics["eval_test/uncertainty/coverage_95"] == pytest.approx(report["coverage_95"])
+    assert run_info.data.metrics["eval_test_uncertainty_coverage_95"] == pytest.approx(report["coverage_95"])
     logged = {f.path for f in client.list_artifacts(run_info.info.run_id, "evaluation")}
     assert "evaluation/u_reliability.png" in logged
 

@@ -372,7 +372,8 @@ def default_output(model_dir: Path) -> Path:
 
 # The few evaluation numbers logged as MLflow metrics (the SR model's, and its gain over bicubic);
 # the whole table goes to the run as an artifact (eval.json, eval_table.csv) instead of one
-# single-point chart per method and measure.
+# single-point chart per method and measure. Their keys have no "/": MLflow's run page shows such
+# metrics in its last section, after the train/ and val/ curves, and the runs table as columns.
 SUMMARY_METRICS = ("psnr", "ssim", "sam_deg", "lpips", "ergas", "hallucination")
 
 
@@ -390,13 +391,13 @@ def write_table(results: dict[str, dict[str, float]], path: Path) -> Path:
 
 
 def summary_metrics(results: dict[str, dict[str, float]], split: str) -> dict[str, float]:
-    """``eval_<split>/<measure>`` of SR and ``eval_<split>/<measure>_gain`` over bicubic, finite only."""
+    """``eval_<split>_<measure>`` of SR and ``eval_<split>_<measure>_gain`` over bicubic, finite only."""
     out = {}
     for key in SUMMARY_METRICS:
         sr, bicubic = results["sr"].get(key, math.nan), results["bicubic"].get(key, math.nan)
-        out[f"eval_{split}/{key}"] = sr
-        out[f"eval_{split}/{key}_gain"] = sr - bicubic
-    out[f"eval_{split}/pixels"] = results["sr"]["pixels"]
+        out[f"eval_{split}_{key}"] = sr
+        out[f"eval_{split}_{key}_gain"] = sr - bicubic
+    out[f"eval_{split}_pixels"] = results["sr"]["pixels"]
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
@@ -417,7 +418,7 @@ def _log_to_mlflow(
         else tracker.start({"model": str(model.directory), "dataset": data.name, "split": cfg.split})
     )
     finite = summary_metrics(results, cfg.split)
-    finite.update({f"eval_{cfg.split}/{k}": v for k, v in (extra or {}).items() if math.isfinite(v)})
+    finite.update({f"eval_{cfg.split}_{k}": v for k, v in (extra or {}).items() if math.isfinite(v)})
     tracker.log_metrics(finite, step=int(source.get("step") or 0))
     for file in files:
         tracker.log_artifact(file, "evaluation")
@@ -543,7 +544,7 @@ def main(cfg: DictConfig) -> None:
             files.append(reliability_plot(curves, plot, title))
     print(f"\nwritten to {', '.join(str(f) for f in files)}")
     if cfg.log_to_mlflow:
-        extra = {f"uncertainty/{k}": float(v) for k, v in (uncertainty or {}).items() if isinstance(v, (int, float))}
+        extra = {f"uncertainty_{k}": float(v) for k, v in (uncertainty or {}).items() if isinstance(v, (int, float))}
         _log_to_mlflow(cfg, model, data, results, files, extra)
 
 
