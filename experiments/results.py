@@ -31,11 +31,11 @@ def _last(client: MlflowClient, run_id: str, key: str, n: int) -> list[float]:
 
 
 def _test_psnr(m: dict[str, float]) -> tuple[float, float]:
-    """SR and bicubic test PSNR: ``eval_test/psnr`` and its ``_gain`` (runs logged before srgan-eval
+    """SR and bicubic test PSNR: ``eval_test_psnr`` and its ``_gain`` (runs logged before srgan-eval
     wrote summaries have ``test/sr/psnr`` and ``test/bicubic/psnr``)."""
     nan = float("nan")
-    if "eval_test/psnr" in m:
-        return m["eval_test/psnr"], m["eval_test/psnr"] - m.get("eval_test/psnr_gain", nan)
+    if "eval_test_psnr" in m:
+        return m["eval_test_psnr"], m["eval_test_psnr"] - m.get("eval_test_psnr_gain", nan)
     return m.get("test/sr/psnr", nan), m.get("test/bicubic/psnr", nan)
 
 
