@@ -200,7 +200,7 @@ def _compare_fused_with_separate_steps(adversarial, g1, d1, batch, steps=3):
     def sgd(m):
         # Not Adam: its first steps are sign(grad) x lr, so a parameter whose gradient is pure float
         # noise (RaGAN's loss is blind to D's last bias) would move by a full step either way.
-        return torch.optim.SGD(m.parameters(), lr=0.5, momentum=0.9)
+        return torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
 
     og1, od1, og2, od2 = sgd(g1), sgd(d1), sgd(g2), sgd(d2)
     from_d_pass = []

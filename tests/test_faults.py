@@ -163,7 +163,7 @@ def test_undelivered_metrics_are_written_to_the_run_folder_and_replayed(tmp_path
         for step in range(1, 4):
             tracker.log_metrics({"train/l1": 0.1 * step}, step)
         tracker.set_tags({"note": "kept"})
-        tracker.log_image(np.zeros((8, 8, 3), dtype=np.uint8), key="val_grid", step=3)
+        tracker.log_image(np.zeros((8, 8, 3), dtype=np.uint8), "val_grids/val_grid_step000003.png")
         tracker.finish("FINISHED")
     finally:
         del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
@@ -176,7 +176,7 @@ def test_undelivered_metrics_are_written_to_the_run_folder_and_replayed(tmp_path
         (3, 0.3),
     ]
     assert run.data.tags["note"] == "kept" and run.info.status == "FINISHED"
-    assert any("val_grid" in f.path for f in client.list_artifacts(run_id, "images"))
+    assert [f.path for f in client.list_artifacts(run_id, "val_grids")] == ["val_grids/val_grid_step000003.png"]
     assert not (tmp_path / PENDING_FILE).exists()
     with pytest.raises(FileNotFoundError, match="nothing to replay"):
         replay(tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -49,7 +51,8 @@ def test_tiny_run_logs_everything_and_exports_the_ema_generator(tmp_path, tiny_o
         "model/generator.safetensors",
         "model/config.yaml",
     }
-    assert any("val_grid" in f.path for f in client.list_artifacts(run.info.run_id, "images"))
+    grids = [f.path for f in client.list_artifacts(run.info.run_id, "val_grids")]
+    assert grids and all(re.fullmatch(r"val_grids/val_grid_step\d{6}\.png", g) for g in grids), grids
 
     # The released weights are the EMA generator's, bit for bit, and rebuild without the training config.
     exported = load_file(str(run_dir / "model" / "generator.safetensors"))

@@ -15,8 +15,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from srgan.engine.schedules import LR_POLICIES, RAMP_SHAPES
-
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
 PRECISIONS = ("no", "bf16", "fp16")
@@ -51,6 +49,8 @@ class HealthConfig:
     fake_prob_floor: float = 0.05
     real_prob_ceiling: float = 0.95
     adversarial_loss_factor: float = 10.0
+    # D(y) - D(G(x)) below this for `patience` checks while D trains: D is not learning.
+    min_prob_gap: float = 0.01
 
     def __post_init__(self) -> None:
         if self.patience < 1:
@@ -107,6 +107,8 @@ class RampConfig:
     shape: str = "linear"
 
     def __post_init__(self) -> None:
+        from srgan.engine.schedules import RAMP_SHAPES  # torch: not on the CLI's start-up path
+
         if self.shape not in RAMP_SHAPES:
             raise ConfigError(f"schedule.ramp.shape must be one of {RAMP_SHAPES}, got {self.shape!r}")
 
@@ -159,6 +161,8 @@ class ScheduleConfig:
     lr_d: LRScheduleConfig = field(default_factory=LRScheduleConfig)
 
     def __post_init__(self) -> None:
+        from srgan.engine.schedules import LR_POLICIES
+
         _positive("schedule", pretrain_steps=self.pretrain_steps, **{"ramp.steps": self.ramp.steps})
         for key in ("optimizer_g", "optimizer_d"):
             node = getattr(self, key)

@@ -91,6 +91,17 @@ def get_or_create_experiment(client: MlflowClient, uri: str, name: str, artifact
     with store_lock(_local_uri(uri)):
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
+            if artifact_location and experiment.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
+                # MLflow fixes an experiment's artifact location when it is created (e.g. by a tool
+                # that did not pass one: ./mlruns); runs cannot choose another.
+                log.warning(
+                    "MLflow experiment %r keeps its artifacts in %s, not in tracking.artifact_location=%s: it "
+                    "was created with that location; use another tracking.experiment_name for %s",
+                    name,
+                    experiment.artifact_location,
+                    artifact_location,
+                    artifact_location,
+                )
             return experiment.experiment_id
         try:
             return client.create_experiment(name, artifact_location=artifact_location)
@@ -222,9 +233,10 @@ class MlflowTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._put("tags", {k: str(v) for k, v in tags.items()})
 
-    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None:
+        """An RGB uint8 image as the artifact ``artifact_file`` (e.g. ``val_grids/val_grid_step000100.png``)."""
         if self.log_images:
-            self._put("image", np.array(image, copy=True), key, step)
+            self._put("image", np.array(image, copy=True), artifact_file)
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
         self._put("artifacts", str(local_dir), artifact_path)
@@ -269,7 +281,10 @@ class MlflowTracker:
         elif kind == "tags":
             client.log_batch(run_id, tags=[RunTag(k, v) for k, v in args[0].items()])
         elif kind == "image":
-            client.log_image(run_id, args[0], key=args[1], step=args[2])
+            if len(args) == 3:  # spooled by srgan before images went to named files: (image, key, step)
+                client.log_image(run_id, args[0], key=args[1], step=args[2])
+            else:
+                client.log_image(run_id, args[0], artifact_file=args[1])
         elif kind == "artifacts":
             client.log_artifacts(run_id, args[0], args[1])
         elif kind == "artifact":
@@ -324,9 +339,9 @@ class MlflowTracker:
             for n, (kind, args) in enumerate(pending):
                 if kind == "image":
                     images.mkdir(exist_ok=True)
-                    file = images / f"{args[1]}_step_{args[2]}_{n}.npy"
+                    file = images / f"{n}_{Path(args[1]).stem}.npy"
                     np.save(file, args[0])
-                    args = (str(file), args[1], args[2])
+                    args = (str(file), *args[1:])
                 f.write(json.dumps({"uri": self.uri, "run_id": self.run_id, "kind": kind, "args": list(args)}) + "\n")
         log.error(
             "MLflow at %s still unreachable after %.0f s: %d undelivered items written to %s; deliver them later with "
@@ -359,7 +374,7 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None) -> int:
         tracker.run_id = record["run_id"]
         args = tuple(record["args"])
         if record["kind"] == "image":
-            args = (np.load(args[0]), args[1], args[2])
+            args = (np.load(args[0], allow_pickle=False), *args[1:])
         tracker._send(record["kind"], args)
     path.rename(path.with_name(PENDING_FILE + ".delivered"))
     return len(records)

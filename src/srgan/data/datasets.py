@@ -292,7 +292,7 @@ class _HeldOutAreas:
         return self.regions(split)[0]
 
     def val_dataset(self, split: str = "val") -> Dataset:
-        tiles = [Tiles(r.lr, r.hr, self.scale, self.val_tile) for r in self.regions(split)]
+        tiles = [Tiles(r.lr, r.hr, self.scale, self.val_tile, r.hr_valid) for r in self.regions(split)]
         return tiles[0] if len(tiles) == 1 else ConcatDataset(tiles)
 
 
@@ -550,8 +550,11 @@ class Tiles(Dataset):
     """Non-overlapping HR tiles covering a whole region; the last row and column of tiles are
     shifted inwards to end at the region's edge, and tiles shrink to a region narrower than them."""
 
-    def __init__(self, lr: torch.Tensor, hr: torch.Tensor, scale: int, tile: int) -> None:
+    def __init__(
+        self, lr: torch.Tensor, hr: torch.Tensor, scale: int, tile: int, hr_valid: torch.Tensor | None = None
+    ) -> None:
         self.lr, self.hr, self.scale = lr, hr, scale
+        self.hr_valid = torch.ones(hr.shape[-2:], dtype=torch.bool) if hr_valid is None else hr_valid.bool()
         rows, cols = lr.shape[-2:]
         self.tile_rows, self.tile_cols = min(tile // scale, rows), min(tile // scale, cols)
 
@@ -569,6 +572,8 @@ class Tiles(Dataset):
         return {
             "lr": self.lr[:, r : r + h, c : c + w].contiguous(),
             "hr": self.hr[:, r * s : (r + h) * s, c * s : (c + w) * s].contiguous(),
+            # Which HR pixels hold data (the validation grid leaves nodata out of its stretch).
+            "hr_valid": self.hr_valid[r * s : (r + h) * s, c * s : (c + w) * s].contiguous(),
         }
 
 

@@ -20,7 +20,14 @@ class GANHealth:
       the two perfectly, and stays there for twice the patience;
     - ``adversarial_loss_exploding``: the generator's adversarial loss exceeds
       ``adversarial_loss_factor`` times its median over the first ``patience`` logs of the
-      adversarial phase.
+      adversarial phase;
+    - ``discriminator_not_learning``: D trains, yet D(y) - D(G(x)) stays below ``min_prob_gap``:
+      D does not tell real from SR, so the generator's adversarial term carries no information.
+      The classic cause is a deep D without normalisation whose initialisation lets the input's
+      signal vanish: its logits are all bias, D(y) = D(G(x)) = 0.5 and the real and fake halves
+      of its gradient cancel (a tiny ``d_grad_norm``, shown in the message). The gradient norm
+      is not part of the test: a stuck D's last bias still gets a gradient until D(.) = 0.5, and
+      its size depends on D's width.
 
     A warning is issued once per episode; the signature re-arms after it clears.
     """
@@ -32,9 +39,13 @@ class GANHealth:
         real_prob_ceiling: float = 0.95,
         adversarial_loss_factor: float = 10.0,
         probabilistic: bool = True,
+        min_prob_gap: float = 0.01,
     ) -> None:
+        if not 0 <= min_prob_gap < 1:
+            raise ValueError(f"trainer.health.min_prob_gap must be in [0, 1), got {min_prob_gap}")
         self.patience = patience
         self.fake_prob_floor, self.real_prob_ceiling = fake_prob_floor, real_prob_ceiling
+        self.min_prob_gap = min_prob_gap
         self.adversarial_loss_factor = adversarial_loss_factor
         self.probabilistic = probabilistic
         self.counts: dict[str, int] = {}
@@ -54,6 +65,14 @@ class GANHealth:
                 fake < self.fake_prob_floor and real > self.real_prob_ceiling,
                 2 * self.patience,
                 f"D(y) = {real:.3g}, D(G(x)) = {fake:.3g}: the discriminator separates real and SR perfectly",
+            )
+            grad = logs.get("train/d_grad_norm")
+            found["discriminator_not_learning"] = (
+                real - fake < self.min_prob_gap,
+                self.patience,
+                f"D(y) = {real:.4g}, D(G(x)) = {fake:.4g} (less than {self.min_prob_gap:g} apart"
+                + (f", d_grad_norm = {grad:.3g}" if grad is not None else "")
+                + "): the discriminator does not tell real from SR, the adversarial term carries no signal",
             )
         adv = logs.get("train/g_adversarial")
         if adv is not None:

@@ -10,7 +10,9 @@ an error at construction, never random initialisation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torchvision
@@ -128,6 +130,48 @@ class VGGPerceptualLoss(nn.Module):
             return sum(w * F.l1_loss(sr_f[i], hr_f[i]) for i, w in self.indices.items())
 
 
+class _TorchvisionWeightsAPI:
+    """Stands in for ``torchvision.models`` inside ``lpips.pretrained_networks`` while an LPIPS is built.
+
+    lpips 0.1.4 builds its backbone with ``tv.alexnet(pretrained=True)`` (``vgg16``, ``squeezenet1_1``),
+    which torchvision has deprecated since 0.13 with two UserWarnings per call, on every LPIPS
+    built. This passes the weights that ``pretrained=True`` stands for (``IMAGENET1K_V1``, the file
+    :func:`srgan.weights.require_weights` checks) through the ``weights=`` API instead.
+    """
+
+    def __getattr__(self, name: str) -> Callable[..., nn.Module]:
+        builder = getattr(torchvision.models, name)
+
+        def build(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+            weights = torchvision.models.get_model_weights(builder).IMAGENET1K_V1 if pretrained else None
+            return builder(weights=weights, **kwargs)
+
+        return build
+
+
+# lpips reads ``torchvision.models`` through a module global; one LPIPS is built at a time.
+_LPIPS_BUILD_LOCK = threading.Lock()
+
+
+def build_lpips(net: str) -> nn.Module:
+    """``lpips.LPIPS(net=net)`` with its ImageNet backbone loaded through torchvision's ``weights=`` API."""
+    import lpips
+    from lpips import pretrained_networks
+
+    if not hasattr(pretrained_networks, "tv"):
+        raise RuntimeError(
+            "lpips.pretrained_networks no longer reads torchvision.models as `tv`: this lpips version is "
+            "not the one srgan.losses.perceptual.build_lpips was written for (0.1.4)"
+        )
+    with _LPIPS_BUILD_LOCK:
+        original = pretrained_networks.tv
+        pretrained_networks.tv = _TorchvisionWeightsAPI()
+        try:
+            return lpips.LPIPS(net=net, verbose=False)
+        finally:
+            pretrained_networks.tv = original
+
+
 class LPIPSLoss(nn.Module):
     """LPIPS distance (Zhang et al. 2018) through the ``lpips`` package, ``net`` = ``alex`` or ``vgg``.
 
@@ -142,9 +186,7 @@ class LPIPSLoss(nn.Module):
         if net not in self.NETWORKS:
             raise ValueError(f"net must be one of {sorted(self.NETWORKS)}, got {net!r}")
         require_weights(self.NETWORKS[net])
-        import lpips
-
-        self._net = _FrozenNet(lpips.LPIPS(net=net, verbose=False))
+        self._net = _FrozenNet(build_lpips(net))
         self.mapping = BandMapping(rgb_bands, num_bands)
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:

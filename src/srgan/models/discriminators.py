@@ -20,12 +20,31 @@ def _wrapper(spectral_norm: bool) -> Callable[[nn.Module], nn.Module]:
     return _spectral_norm if spectral_norm else (lambda m: m)
 
 
+def init_for_leaky_relu(layer: nn.Module, slope: float = 0.2) -> nn.Module:
+    """He-initialise a conv or linear layer that feeds a LeakyReLU(``slope``), with a zero bias; returns it.
+
+    PyTorch's default (``kaiming_uniform_(a=sqrt(5))``, weight variance ``1 / (3 fan_in)``) keeps
+    about 0.42 of the input-dependent signal per LeakyReLU(0.2) layer, while its bias (uniform in
+    ``+-1/sqrt(fan_in)``) keeps its size. Without a normalisation layer to undo it, ten such layers
+    leave logits that are all bias: D(y) = D(G(x)) to seven digits, and the real and fake halves
+    of D's loss gradient cancel (``d_grad_norm`` ~1e-3), so D does not learn for hundreds of steps.
+    With variance ``2 / ((1 + slope^2) fan_in)`` the signal keeps its size through any depth.
+    Call it before spectral normalisation wraps the layer, so its power iteration starts on these weights.
+    """
+    nn.init.kaiming_normal_(layer.weight, a=slope, mode="fan_in", nonlinearity="leaky_relu")
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
 class SRGANDiscriminator(nn.Module):
     """SRGAN discriminator (Ledig et al. 2017): strided conv blocks and one real/fake logit.
 
     Unlike the original fixed 96/128 px input with a dense head sized for it, adaptive average
     pooling makes the head independent of the patch size. The strided convs are 3x3 as in the
-    paper (``downsample_kernel``; 4 gives the DCGAN-style 4x4 variant).
+    paper (``downsample_kernel``; 4 gives the DCGAN-style 4x4 variant). Without the paper's batch
+    norm, the layers are He-initialised for LeakyReLU (:func:`init_for_leaky_relu`): with torch's
+    default initialisation this D's logits do not depend on its input at the start of training.
     """
 
     def __init__(
@@ -41,7 +60,13 @@ class SRGANDiscriminator(nn.Module):
         check_channels(in_channels=in_channels, base_channels=base_channels, n_stages=n_stages)
         if downsample_kernel not in (3, 4):
             raise ValueError(f"downsample_kernel must be 3 or 4, got {downsample_kernel!r}")
-        wrap = _wrapper(spectral_norm)
+        sn = _wrapper(spectral_norm)
+
+        def wrap(layer: nn.Module) -> nn.Module:
+            # Batch norm is left out (it couples samples in a batch and fights spectral norm), so
+            # nothing rescales the activations: the initialisation must keep them (init_for_leaky_relu).
+            return sn(init_for_leaky_relu(layer))
+
         layers: list[nn.Module] = [
             wrap(nn.Conv2d(in_channels, base_channels, 3, padding=1)),
             nn.LeakyReLU(0.2, True),
@@ -51,7 +76,6 @@ class SRGANDiscriminator(nn.Module):
             out = base_channels * 2 ** min(stage, 3)
             if stage > 0:
                 layers += [wrap(nn.Conv2d(channels, out, 3, padding=1)), nn.LeakyReLU(0.2, True)]
-            # Batch norm is left out: it couples samples in a batch and fights spectral norm.
             layers += [wrap(nn.Conv2d(out, out, downsample_kernel, stride=2, padding=1)), nn.LeakyReLU(0.2, True)]
             channels = out
         self.features = nn.Sequential(*layers)
@@ -110,7 +134,9 @@ class ESRGANDiscriminator(nn.Module):
     """VGG-style discriminator of ESRGAN (Wang et al. 2018): five stages of conv3x3 + strided conv4x4.
 
     The original flattens a 4x4 map from a fixed 128 px input; here the map is adaptively pooled
-    to ``pool x pool`` first, so any patch size works.
+    to ``pool x pool`` first, so any patch size works. Layers are He-initialised for LeakyReLU
+    (:func:`init_for_leaky_relu`): with ``norm=none`` and torch's default initialisation its
+    logits would not depend on its input (ten layers without a norm to restore the scale).
     """
 
     def __init__(
@@ -125,7 +151,11 @@ class ESRGANDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         check_channels(in_channels=in_channels, base_channels=base_channels, n_stages=n_stages, pool=pool)
-        wrap = _wrapper(spectral_norm)
+        sn = _wrapper(spectral_norm)
+
+        def wrap(layer: nn.Module) -> nn.Module:
+            return sn(init_for_leaky_relu(layer))
+
         norm = "none" if spectral_norm else norm
         layers: list[nn.Module] = [
             wrap(nn.Conv2d(in_channels, base_channels, 3, padding=1)),
