@@ -410,7 +410,13 @@ def _log_to_mlflow(
     extra: dict[str, float] | None = None,
 ) -> None:
     source = model.config.get("source", {})
-    tracker = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment_name, run_name=f"eval-{model.directory.name}")
+    tracker = MlflowTracker(
+        cfg.tracking.uri,
+        cfg.tracking.experiment_name,
+        run_name=f"eval-{model.directory.name}",
+        # A new experiment's artifacts go where training's do (mlartifacts/), not under ./mlruns.
+        artifact_location=cfg.tracking.get("artifact_location"),
+    )
     attached = bool(source.get("mlflow_run_id")) and tracker.attach(source["mlflow_run_id"])
     run_id = (
         source["mlflow_run_id"]
