@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +14,7 @@ import pytest
 import rasterio
 from affine import Affine
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from rasterio.crs import CRS
 
 from srgan.config import CONF_DIR
@@ -36,6 +42,21 @@ TINY = [
 def compose_config(name: str = "train", overrides: list[str] | tuple[str, ...] = ()):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="package")
+def composed():
+    """``compose_config`` composing each distinct (name, overrides) once for the whole test package;
+    every call returns a deep copy, so a test may change what it gets."""
+    cache: dict[tuple[str, tuple[str, ...]], DictConfig] = {}
+
+    def get(name: str = "train", overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+        key = (name, tuple(overrides))
+        if key not in cache:
+            cache[key] = compose_config(name, overrides)
+        return copy.deepcopy(cache[key])
+
+    return get
 
 
 @pytest.fixture
@@ -112,3 +133,47 @@ def model_dir(tmp_path: Path) -> Path:
 
     kwargs = {k: v for k, v in TINY_GENERATOR.items() if k != "_target_"}
     return export_model(RCABGenerator(**kwargs), model_card(), tmp_path / "model")
+
+
+# -- waiting on other processes ------------------------------------------------------------------
+# No wall-clock deadlines: a wait ends on an event (the thing waited for, or the process ending),
+# and the per-test timeout in setup.cfg is the only clock, so a slow machine cannot fail a test.
+
+
+def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, what: str) -> None:
+    """Return once ``condition()`` holds; fail as soon as ``proc`` ends without it."""
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}")
+        time.sleep(0.01)
+
+
+class OutputWatch:
+    """Collects a process's text output on a thread; :meth:`wait_for` blocks until a line holds a
+    text or the output ends (the process closed it)."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._ended = False
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def text(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_for(self, text: str) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._ended or any(text in line for line in self.lines))
+            if not any(text in line for line in self.lines):
+                pytest.fail(f"the output ended without {text!r}:\n{''.join(self.lines)[-3000:]}")

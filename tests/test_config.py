@@ -12,7 +12,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from srgan.config import CONF_DIR, ConfigError, validate_training_config
-from srgan.losses import build_loss
 from tests.conftest import TINY, compose_config
 
 GROUPS = ("generator", "discriminator", "loss", "schedule", "dataset", "trainer", "tracking", "experiment")
@@ -36,7 +35,7 @@ def test_every_option_composes_validates_and_instantiates(group, option):
     settings = validate_training_config(cfg)
     generator = instantiate(cfg.generator, _convert_="all")
     discriminator = instantiate(cfg.discriminator, _convert_="all")
-    build_loss(cfg.loss)
+    instantiate(cfg.loss)
     instantiate(settings.schedule.optimizer_g)(generator.parameters())
     # Full-data experiments name the user's data (`???`): compose and validate them, build the rest.
     if not any(OmegaConf.is_missing(cfg.dataset, k) for k in ("path", "root") if k in cfg.dataset.keys()):
@@ -107,7 +106,7 @@ def test_impossible_values_fail_validation():
 def test_unknown_loss_term_is_rejected():
     cfg = compose_config("train", ["+loss.weights.adversarail=0.1"])
     with pytest.raises(InstantiationException, match="adversarail"):
-        build_loss(cfg.loss)
+        instantiate(cfg.loss)
 
 
 def test_unknown_component_kwarg_is_rejected():
@@ -137,3 +136,21 @@ def test_resume_from_a_missing_checkpoint_fails_naming_the_key(tmp_path):
     cfg = compose_config("train", [f"resume={tmp_path}/nope"])
     with pytest.raises(ConfigError, match="resume="):
         validate_training_config(cfg)
+
+
+def test_defaults_live_in_the_yaml_only_and_a_missing_key_is_named(composed):
+    from omegaconf import open_dict
+
+    cfg = composed("train")
+    settings = validate_training_config(cfg)
+    # The schema has no defaults of its own: what validation returns is what conf/ says.
+    assert settings.trainer.max_steps == cfg.trainer.max_steps == 20000
+    assert settings.trainer.health.min_prob_gap == cfg.trainer.health.min_prob_gap
+    assert settings.tracking.flush_timeout == cfg.tracking.flush_timeout
+    for section, key in [("trainer", "max_steps"), ("trainer.health", "patience"), ("schedule.ema", "decay")]:
+        broken = composed("train")
+        with open_dict(broken):
+            del OmegaConf.select(broken, section)[key]
+        with pytest.raises(ConfigError, match=key):
+            validate_training_config(broken)
+    assert composed("train").trainer.max_steps == 20000  # the cached config was not changed

@@ -1,4 +1,4 @@
-"""Issue 6: datasets, degradations, normalisations, filters and the errors for bad input."""
+"""Datasets: degradations, normalisations, area splits, patches, validation tiles, paired folders, filters."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from srgan.data.datasets import PairedFolderData, RasterSRData, SyntheticSRData
 from srgan.data.degradation import S2_MTF_NYQUIST, Degradation, Resample, gaussian_kernel, mtf_sigma
 from srgan.data.normalization import LinearScale, PercentileScale, ZScore
 from srgan.data.rasters import RasterError, to_dtype
+from srgan.data.splits import column_blocks
 from tests.conftest import compose_config, write_geotiff
 
 SPLIT = {"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "gap": 8}
@@ -60,6 +61,10 @@ def test_degrading_a_constant_gives_that_constant(degradation):
 def test_box_is_the_block_mean():
     hr = torch.arange(64.0).reshape(1, 8, 8)
     assert Degradation(4)(hr)[0, 1, 0] == hr[0, 4:8, 0:4].mean()
+    lr = Resample(4, "box")(hr)
+    assert lr.shape == (1, 2, 2) and lr[0, 0, 0] == hr[0, :4, :4].mean()
+    with pytest.raises(ValueError, match="multiple of scale"):
+        Resample(4)(torch.zeros(1, 6, 8))
 
 
 @pytest.mark.parametrize("sigma", [0.7, 1.5, 4.2])
@@ -408,3 +413,70 @@ def test_split_fractions_are_checked(tmp_path, fractions, small_geotiff):
         paired(root, split={"fractions": fractions})
     with pytest.raises(ValueError, match="dataset.split.fractions"):
         raster(small_geotiff, split={"fractions": fractions, "gap": 0})
+
+
+# -- patches, regions and tiles -------------------------------------------------------------------
+
+
+def test_column_blocks_are_disjoint_aligned_and_gapped():
+    blocks = column_blocks(1024, {"train": 0.7, "val": 0.1, "test": 0.2}, gap=32, align=4)
+    (a0, a1), (b0, b1), (c0, c1) = blocks["train"], blocks["val"], blocks["test"]
+    assert a0 == 0 and c1 == 1024
+    assert b0 - a1 >= 32 and c0 - b1 >= 32
+    assert all(v % 4 == 0 for v in (a1, b0, b1, c0))
+    with pytest.raises(ValueError, match="sum to 1"):
+        column_blocks(100, {"train": 0.7, "val": 0.7}, 0)
+    with pytest.raises(ValueError, match="unknown split"):
+        column_blocks(100, {"train": 0.5, "holdout": 0.5}, 0)
+
+
+def test_regions_do_not_overlap_and_lr_is_degraded_hr(small_geotiff):
+    data = raster(small_geotiff)
+    seen = set()
+    for split in ("train", "val", "test"):
+        region = data.region(split)
+        c0, c1 = data.blocks[0][split]
+        assert not seen & set(range(c0, c1))
+        seen |= set(range(c0, c1))
+        torch.testing.assert_close(region.lr, Resample(4)(region.hr))
+        transform = data.sources[0].transform
+        assert region.hr_transform.c == transform.c + c0 * transform.a
+
+
+def test_random_patches_are_deterministic_aligned_pairs(small_geotiff):
+    data = raster(small_geotiff)
+    ds = data.train_dataset(length=20, seed=3, augment=False)
+    a, b = ds[5], ds[5]
+    torch.testing.assert_close(a["hr"], b["hr"])
+    assert a["lr"].shape == (4, 4, 4) and a["hr"].shape == (4, 16, 16)
+    torch.testing.assert_close(a["lr"], Resample(4)(a["hr"]))
+    augmented = data.train_dataset(length=20, seed=3, augment=True)
+    for i in range(10):  # flips and rotations are applied identically to LR and HR
+        item = augmented[i]
+        torch.testing.assert_close(item["lr"], Resample(4)(item["hr"]))
+
+
+def test_dataset_rejects_inconsistent_config(small_geotiff):
+    with pytest.raises(ValueError, match="num_bands=3"):
+        raster(small_geotiff, num_bands=3)
+    with pytest.raises(ValueError, match="patch_size=18"):
+        raster(small_geotiff, patch_size=18)
+    with pytest.raises(ValueError, match="rgb_bands"):
+        raster(small_geotiff, rgb_bands=["B05", "B04", "B03"])
+
+
+@pytest.mark.parametrize("rows,cols,tile", [(96, 24, 128), (40, 64, 16), (33, 17, 32)])
+def test_validation_tiles_cover_the_region_exactly(rows, cols, tile):
+    from srgan.data.datasets import Tiles
+
+    hr = torch.rand(2, rows * 4, cols * 4)
+    lr = Resample(4)(hr)
+    tiles = Tiles(lr, hr, 4, tile)
+    covered = torch.zeros(rows * 4, cols * 4, dtype=torch.bool)
+    for i, (r, c) in enumerate(tiles.origins):
+        item = tiles[i]
+        assert item["lr"].shape == (2, min(tile // 4, rows), min(tile // 4, cols))
+        assert item["hr"].shape[-2:] == (item["lr"].shape[-2] * 4, item["lr"].shape[-1] * 4)
+        torch.testing.assert_close(item["lr"], Resample(4)(item["hr"]))
+        covered[r * 4 : r * 4 + item["hr"].shape[-2], c * 4 : c * 4 + item["hr"].shape[-1]] = True
+    assert covered.all()

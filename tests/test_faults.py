@@ -7,8 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from safetensors.torch import load_file
 
 from srgan.engine.checkpoint import checkpoint_steps
 from srgan.tracking import PENDING_FILE, MlflowTracker, replay
-from tests.conftest import TINY
+from tests.conftest import TINY, OutputWatch, wait_until
 from tests.mlflow_server import MlflowServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -46,17 +44,21 @@ def test_sigkill_at_a_random_step_then_resume_auto_matches_an_uninterrupted_run(
     straight = subprocess.run(train_cmd(tmp_path / "straight", *common), capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    target = random.Random().randrange(4, 33, 4)  # kill once this checkpoint exists, wherever the loop is then
+    # Kill once this checkpoint exists, wherever the loop is then. Seeded, so a failure reruns at the
+    # same checkpoint: SRGAN_TEST_KILL_SEED=<n> tries another one.
+    seed = int(os.environ.get("SRGAN_TEST_KILL_SEED", "20"))
+    target = random.Random(seed).randrange(4, 33, 4)
+    print(f"SIGKILL once checkpoint step {target} exists (SRGAN_TEST_KILL_SEED={seed})")
     victim = tmp_path / "victim"
     proc = subprocess.Popen(
         train_cmd(victim, *common), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 300
-        while max(checkpoint_steps(victim / "checkpoints"), default=0) < target:
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(
+            lambda: max(checkpoint_steps(victim / "checkpoints"), default=0) >= target,
+            proc,
+            f"checkpoint step {target} was written",
+        )
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
@@ -86,11 +88,6 @@ def test_sigkill_at_a_random_step_then_resume_auto_matches_an_uninterrupted_run(
     assert not twice, f"steps logged twice after the resume: {twice}"
 
 
-def _pump(stream, sink: list[str]) -> None:
-    for line in stream:
-        sink.append(line)
-
-
 def test_training_survives_the_tracking_server_going_away_and_coming_back(tmp_path):
     server = MlflowServer(tmp_path / "server")
     (tmp_path / "server").mkdir()
@@ -107,32 +104,28 @@ def test_training_survives_the_tracking_server_going_away_and_coming_back(tmp_pa
         "tracking.flush_timeout=300",
     )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    reader = threading.Thread(target=_pump, args=(proc.stdout, output), daemon=True)
-    reader.start()
+    watch = OutputWatch(proc.stdout)
     try:
         client = MlflowClient(uri)
-        deadline = time.monotonic() + 180
-        while True:  # until the server has received the first training metrics
+
+        def first_metrics_received() -> bool:
             experiment = client.get_experiment_by_name("outage")
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            if runs and "train/l1" in runs[0].data.metrics:
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(output)[-3000:]
-            time.sleep(0.2)
-        run_id = runs[0].info.run_id
+            return bool(runs) and "train/l1" in runs[0].data.metrics
+
+        wait_until(first_metrics_received, proc, "the server received the first training metrics")
+        (run,) = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+        run_id = run.info.run_id
         server.stop()
-        down_since = time.monotonic()
-        while not any("unreachable" in line for line in output):
-            assert time.monotonic() - down_since < 120, "".join(output)[-3000:]
-            time.sleep(0.2)
+        watch.wait_for("unreachable")
         server.start()
-        assert proc.wait(timeout=400) == 0, "".join(output)[-3000:]
+        assert proc.wait() == 0, watch.text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         server.stop() if proc.returncode else None
+    output = watch.lines
     try:
         client = MlflowClient(server.url)
         run = client.get_run(run_id)

@@ -13,7 +13,7 @@ import rasterio
 from srgan.data.datasets import GeoTiffSource
 from srgan.data.rasters import RasterError
 from srgan.infer import super_resolve_file
-from tests.conftest import write_geotiff
+from tests.conftest import wait_until, write_geotiff
 
 
 def smooth(rows: int = 40, cols: int = 48, bands: int = 4) -> np.ndarray:
@@ -137,7 +137,6 @@ def test_a_sigkilled_srgan_infer_leaves_nothing_after_the_next_run(model_dir, tm
     import signal
     import subprocess
     import sys
-    import time
 
     data = np.tile(smooth(), (1, 8, 8)).astype(np.uint16)  # 320 x 384 LR
     src = write_geotiff(tmp_path / "scene.tif", data, ["B04", "B03", "B02", "B08"])
@@ -155,10 +154,7 @@ def test_a_sigkilled_srgan_infer_leaves_nothing_after_the_next_run(model_dir, tm
         "progress=false",
     ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".scene_sr.tif.*/final.tif")):
-        assert proc.poll() is None and time.monotonic() < deadline, "finished before it could be killed"
-        time.sleep(0.01)
+    wait_until(lambda: bool(list(tmp_path.glob(".scene_sr.tif.*/final.tif"))), proc, "it started writing its output")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert list(tmp_path.glob(".scene_sr.tif.*")) and not out.exists()

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
 from srgan.losses import (
     BandMeanLoss,
@@ -21,7 +22,6 @@ from srgan.losses import (
     SSIMLoss,
     TVLoss,
     VGGPerceptualLoss,
-    build_loss,
 )
 from srgan.losses.adversarial import GAN_TYPES
 from srgan.losses.perceptual import BandMapping, vgg_layer_index
@@ -154,7 +154,7 @@ def test_missing_weights_fail_at_construction_saying_how_to_get_them(tmp_path, m
     with pytest.raises(MissingWeightsError, match="no offline source"):
         VGGPerceptualLoss(num_bands=3, network="vgg19")
     # A weight of 0 costs nothing: the perceptual term is not even built.
-    loss = build_loss(compose_config("train", ["loss=full"]).loss)
+    loss = instantiate(compose_config("train", ["loss=full"]).loss)
     assert "perceptual" not in loss.terms and "lpips" not in loss.terms
 
 
@@ -253,7 +253,7 @@ def test_every_term_in_fp32_under_bf16_autocast_matches_fp32():
             for t in ("l2", "charbonnier", "ssim", "tv", "sam", "band_mean", "perceptual", "lpips")
         ],
     )
-    loss = build_loss(cfg.loss)
+    loss = instantiate(cfg.loss)
     assert set(loss.terms) == {"l1", "l2", "charbonnier", "ssim", "tv", "sam", "band_mean", "perceptual", "lpips"}
     torch.manual_seed(0)
     hr = torch.rand(2, 4, 32, 32) * 0.4
@@ -270,11 +270,11 @@ def test_every_term_in_fp32_under_bf16_autocast_matches_fp32():
 
 def test_bad_loss_configs_fail_before_training_naming_the_key():
     with pytest.raises(InstantiationException, match="unknown term.*'ssimm'"):
-        build_loss(compose_config("train", ["loss=full", "+loss.weights.ssimm=0.1"]).loss)
+        instantiate(compose_config("train", ["loss=full", "+loss.weights.ssimm=0.1"]).loss)
     with pytest.raises(InstantiationException, match="loss.weights.sam must be >= 0"):
-        build_loss(compose_config("train", ["loss=full", "loss.weights.sam=-1"]).loss)
+        instantiate(compose_config("train", ["loss=full", "loss.weights.sam=-1"]).loss)
     with pytest.raises(InstantiationException, match="index 7 is outside the 4 bands"):
-        build_loss(
+        instantiate(
             compose_config(
                 "train", ["loss=full", "loss.weights.perceptual=1", "loss.terms.perceptual.rgb_bands=[0,1,7]"]
             ).loss

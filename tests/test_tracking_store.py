@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-# Each process waits for the same wall-clock instant, then opens the store and starts a run, as
-# srgan-train does. Without the store lock one of them failed in MLflow's table set-up
-# ("table latest_metrics already exists" / "duplicate column name: step") on every try here.
+# Each process imports what srgan-train imports, says "ready", and waits for "go" on stdin; the test
+# sends "go" to both once both are ready, so they open the store and start a run together, as two
+# srgan-train started in two terminals do. Without the store lock one of them failed in MLflow's
+# table set-up ("table latest_metrics already exists" / "duplicate column name: step") every time here.
 STARTER = """
-import sys, time
+import sys
 from srgan.tracking import MlflowTracker
-db, at = sys.argv[1], float(sys.argv[2])
-while time.time() < at:
-    pass
-tracker = MlflowTracker(f"sqlite:///{db}", "race", artifact_location=sys.argv[3])
+db, artifacts = sys.argv[1], sys.argv[2]
+print("ready", flush=True)
+sys.stdin.readline()
+tracker = MlflowTracker(f"sqlite:///{db}", "race", artifact_location=artifacts)
 tracker.start({"p": 1})
 tracker.finish()
 """
@@ -28,16 +28,22 @@ tracker.finish()
 @pytest.mark.parametrize("attempt", range(3))
 def test_two_runs_starting_together_on_a_fresh_store_both_succeed(tmp_path, attempt):
     db = tmp_path / "mlruns.db"
-    at = time.time() + 8  # both interpreters have imported mlflow by then
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", STARTER, str(db), str(at), str(tmp_path / "art")],
+            [sys.executable, "-c", STARTER, str(db), str(tmp_path / "art")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(2)
     ]
-    errors = [p.communicate(timeout=120)[1] for p in procs]
+    for p in procs:  # a barrier: both have imported mlflow and wait on their stdin
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()[-2000:]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    errors = [p.communicate()[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
     client = MlflowClient(f"sqlite:///{db}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "race"]

@@ -4,6 +4,9 @@ Components (generator, discriminator, loss, dataset, optimizers) are checked by 
 itself: their constructors take typed keyword arguments, so an unknown or misspelt key is a
 ``TypeError`` naming it. The keys below are read by the entry points and the loop, so they get
 a schema: an unknown key, a wrong type or an impossible value fails here, naming the key.
+
+The schemas hold no defaults: the YAML files under ``conf/`` are the one place where defaults live,
+and a key missing from them is an error naming it (not a second, silently different default).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +35,9 @@ def _positive(section: str, **values: int) -> None:
 
 @dataclass
 class CheckpointConfig:
-    keep_last: int = 2
-    best_metric: str | None = "val/psnr"
-    best_mode: str = "max"
+    keep_last: int = MISSING
+    best_metric: str | None = MISSING
+    best_mode: str = MISSING
 
     def __post_init__(self) -> None:
         if self.keep_last < 1:
@@ -45,12 +48,12 @@ class CheckpointConfig:
 
 @dataclass
 class HealthConfig:
-    patience: int = 5
-    fake_prob_floor: float = 0.05
-    real_prob_ceiling: float = 0.95
-    adversarial_loss_factor: float = 10.0
+    patience: int = MISSING
+    fake_prob_floor: float = MISSING
+    real_prob_ceiling: float = MISSING
+    adversarial_loss_factor: float = MISSING
     # D(y) - D(G(x)) below this for `patience` checks while D trains: D is not learning.
-    min_prob_gap: float = 0.01
+    min_prob_gap: float = MISSING
 
     def __post_init__(self) -> None:
         if self.patience < 1:
@@ -59,27 +62,27 @@ class HealthConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1000
-    batch_size: int = 16
-    precision: str = "no"
-    seed: int = 0
-    log_every: int = 10
-    val_every: int = 200
-    ckpt_every: int = 0
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    grad_clip: float | None = None
-    grad_accumulation: int = 1
-    max_nonfinite: int = 10
-    health: HealthConfig = field(default_factory=HealthConfig)
-    compile: bool = False
-    channels_last: bool = False
-    fused_gan_step: Any = "auto"
-    num_workers: int = 0
-    cpu: bool = False
-    num_threads: int | None = None
-    val_batch_size: int = 8
-    val_border: int = 4
-    progress: bool = True
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    precision: str = MISSING
+    seed: int = MISSING
+    log_every: int = MISSING
+    val_every: int = MISSING
+    ckpt_every: int = MISSING
+    checkpoint: CheckpointConfig = MISSING
+    grad_clip: float | None = MISSING
+    grad_accumulation: int = MISSING
+    max_nonfinite: int = MISSING
+    health: HealthConfig = MISSING
+    compile: bool = MISSING
+    channels_last: bool = MISSING
+    fused_gan_step: Any = MISSING
+    num_workers: int = MISSING
+    cpu: bool = MISSING
+    num_threads: int | None = MISSING
+    val_batch_size: int = MISSING
+    val_border: int = MISSING
+    progress: bool = MISSING
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -103,8 +106,8 @@ class TrainerConfig:
 
 @dataclass
 class RampConfig:
-    steps: int = 0
-    shape: str = "linear"
+    steps: int = MISSING
+    shape: str = MISSING
 
     def __post_init__(self) -> None:
         from srgan.engine.schedules import RAMP_SHAPES  # torch: not on the CLI's start-up path
@@ -115,10 +118,10 @@ class RampConfig:
 
 @dataclass
 class DiscriminatorScheduleConfig:
-    warmup_steps: int = 0
-    every: int = 1
-    steps_per_g: int = 1
-    holdback: float | None = None
+    warmup_steps: int = MISSING
+    every: int = MISSING
+    steps_per_g: int = MISSING
+    holdback: float | None = MISSING
 
     def __post_init__(self) -> None:
         _positive("schedule.discriminator", warmup_steps=self.warmup_steps)
@@ -131,34 +134,34 @@ class DiscriminatorScheduleConfig:
 
 @dataclass
 class EmaConfig:
-    enabled: bool = True
-    decay: float = 0.999
-    start_step: int = 0
-    warmup: bool = False
+    enabled: bool = MISSING
+    decay: float = MISSING
+    start_step: int = MISSING
+    warmup: bool = MISSING
 
 
 @dataclass
 class LRScheduleConfig:
-    policy: str = "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.5
-    monitor: str = "val/psnr"
-    mode: str = "max"
-    patience: int = 2
+    policy: str = MISSING
+    warmup_steps: int = MISSING
+    min_lr_ratio: float = MISSING
+    milestones: list[int] = MISSING
+    gamma: float = MISSING
+    monitor: str = MISSING
+    mode: str = MISSING
+    patience: int = MISSING
 
 
 @dataclass
 class ScheduleConfig:
-    pretrain_steps: int = 0
-    ramp: RampConfig = field(default_factory=RampConfig)
-    discriminator: DiscriminatorScheduleConfig = field(default_factory=DiscriminatorScheduleConfig)
-    ema: EmaConfig = field(default_factory=EmaConfig)
-    optimizer_g: Any = None
-    optimizer_d: Any = None
-    lr_g: LRScheduleConfig = field(default_factory=LRScheduleConfig)
-    lr_d: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    pretrain_steps: int = MISSING
+    ramp: RampConfig = MISSING
+    discriminator: DiscriminatorScheduleConfig = MISSING
+    ema: EmaConfig = MISSING
+    optimizer_g: Any = MISSING
+    optimizer_d: Any = MISSING
+    lr_g: LRScheduleConfig = MISSING
+    lr_d: LRScheduleConfig = MISSING
 
     def __post_init__(self) -> None:
         from srgan.engine.schedules import LR_POLICIES
@@ -183,14 +186,14 @@ class ScheduleConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str = "sqlite:///mlruns.db"
-    experiment_name: str = "srgan"
-    run_name: str | None = None
-    artifact_location: str | None = "mlartifacts"
-    log_images: bool = True
+    uri: str = MISSING
+    experiment_name: str = MISSING
+    run_name: str | None = MISSING
+    artifact_location: str | None = MISSING
+    log_images: bool = MISSING
     # Seconds to wait at the end of a run for an unreachable tracking server before writing what
     # it has not received into the run folder (replay with `python -m srgan.tracking replay`).
-    flush_timeout: float = 120.0
+    flush_timeout: float = MISSING
 
 
 @dataclass

@@ -94,14 +94,12 @@ def build_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any
     """Generator, discriminator, loss and both optimizers as a run builds them (``bench/speed.py`` too)."""
     import torch
 
-    from srgan.losses import build_loss
-
     generator = instantiate(cfg.generator, _convert_="all")
     discriminator = instantiate(cfg.discriminator, _convert_="all")
     if cfg.trainer.channels_last:
         generator.to(memory_format=torch.channels_last)
         discriminator.to(memory_format=torch.channels_last)
-    loss = build_loss(cfg.loss).to(device)
+    loss = instantiate(cfg.loss, _convert_="all").to(device)
     optimizer_g = instantiate(cfg.schedule.optimizer_g, _convert_="all")(generator.parameters())
     optimizer_d = instantiate(cfg.schedule.optimizer_d, _convert_="all")(discriminator.parameters())
     return generator, discriminator, loss, optimizer_g, optimizer_d

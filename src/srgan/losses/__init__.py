@@ -1,7 +1,7 @@
 """Loss terms and their weighted composite."""
 
 from srgan.losses.adversarial import GANLoss
-from srgan.losses.composite import CompositeLoss, build_loss
+from srgan.losses.composite import CompositeLoss
 from srgan.losses.perceptual import LPIPSLoss, VGGPerceptualLoss
 from srgan.losses.pixel import CharbonnierLoss, L1Loss, L2Loss
 from srgan.losses.spectral import BandMeanLoss, SAMLoss
@@ -19,5 +19,4 @@ __all__ = [
     "SSIMLoss",
     "TVLoss",
     "VGGPerceptualLoss",
-    "build_loss",
 ]

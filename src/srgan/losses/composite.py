@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,15 +20,23 @@ class CompositeLoss(nn.Module):
 
     Every weight must name a configured term (or ``adversarial``) and every term needs a weight,
     so a misspelt key fails here instead of being silently ignored. A term whose weight is 0 is
-    never computed, and :func:`build_loss` does not even construct it (no VGG is loaded for a
-    perceptual weight of 0). The adversarial weight is the target the training schedule ramps to.
+    never computed and never built (no VGG is loaded for a perceptual weight of 0).
+
+    ``terms`` and ``adversarial`` are modules, or configs (mappings with a ``_target_``) that are
+    instantiated here, only for a weight other than 0. ``conf/loss/*.yaml`` set ``_recursive_: false``,
+    so ``instantiate(cfg.loss)`` hands the term configs over unbuilt: it is the one way to build a loss.
+    The adversarial weight is the target the training schedule ramps to.
     """
 
     def __init__(
-        self, weights: Mapping[str, float], terms: Mapping[str, nn.Module | None], adversarial: GANLoss
+        self,
+        weights: Mapping[str, float],
+        terms: Mapping[str, nn.Module | Mapping[str, Any] | None],
+        adversarial: GANLoss | Mapping[str, Any],
     ) -> None:
         super().__init__()
-        weights = dict(weights)
+        weights = {str(k): float(v) for k, v in _plain(weights).items()}
+        terms = dict(_plain(terms))
         unknown = set(weights) - set(terms) - {ADVERSARIAL}
         if unknown:
             raise ValueError(
@@ -45,8 +52,10 @@ class CompositeLoss(nn.Module):
             if term is None and weights[name] != 0:
                 raise ValueError(f"loss.terms.{name} is not built but loss.weights.{name}={weights[name]}")
         self.weights = weights
-        self.terms = nn.ModuleDict({k: v for k, v in terms.items() if v is not None and weights[k] != 0})
-        self.adversarial = adversarial
+        self.terms = nn.ModuleDict(
+            {k: _built(v, f"loss.terms.{k}") for k, v in terms.items() if v is not None and weights[k] != 0}
+        )
+        self.adversarial = _built(_plain(adversarial), "loss.adversarial")
 
     @property
     def adversarial_weight(self) -> float:
@@ -65,11 +74,14 @@ class CompositeLoss(nn.Module):
         return total, parts
 
 
-def build_loss(node: DictConfig | Mapping[str, Any]) -> CompositeLoss:
-    """Instantiate a loss config, skipping the construction of terms whose weight is 0."""
-    node = copy.deepcopy(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
-    weights = node.get("weights", {})
-    for name in list(node.get("terms", {})):
-        if weights.get(name, None) == 0:
-            node["terms"][name] = None
-    return instantiate(node, _convert_="all")
+def _plain(value: Any) -> Any:
+    """A DictConfig (what a non-recursive ``instantiate`` passes) as plain containers; else as is."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def _built(term: Any, key: str) -> nn.Module:
+    if isinstance(term, nn.Module):
+        return term
+    if isinstance(term, Mapping) and "_target_" in term:
+        return instantiate(term, _convert_="all")
+    raise TypeError(f"{key} must be a loss module or a config with a _target_, got {type(term).__name__}")
