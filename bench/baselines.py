@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from srgan.config import CONF_DIR  # noqa: E402
-from srgan.metrics import SRMetrics  # noqa: E402
+from srgan.evaluation.metrics import SRMetrics  # noqa: E402
 from srgan.models.blocks import upsample_image  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "baselines.md"

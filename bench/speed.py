@@ -8,7 +8,7 @@ For each generator (``rcab``, ``rrdb``: 64 channels, 16 blocks, 4 bands, x4, wit
 discriminator and L1 + adversarial loss) it measures, each in a fresh subprocess so that its peak
 resident memory (``ru_maxrss``) is its own and its thread count is set before torch starts:
 
-* ``train``: one full GAN training step as ``srgan-train`` runs it (``engine.steps.gan_step``: G and
+* ``train``: one full GAN training step as ``srgan-train`` runs it (``engine.steps.update``, via ``gan_step``: G and
   D updates from one shared D pass, or with ``trainer.fused_gan_step=false`` ``generator_step`` then
   ``discriminator_step`` on the same SR; then the EMA update), batch 4 of 32x32 LR / 128x128 HR, in
   the adversarial phase; steps per second from the median of the timed steps after warm-up;
@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,9 +154,9 @@ def bench_train(model: str, opts: dict[str, Any], warmup: int, repeats: int, dev
     import torch
     from accelerate import Accelerator
 
+    from srgan.engine.build import build_networks, fused_gan_step
     from srgan.engine.ema import EMA
-    from srgan.engine.steps import discriminator_step, gan_step, generator_step
-    from srgan.train import build_networks, fused_gan_step
+    from srgan.engine.steps import update
 
     overrides = ["loss.weights.adversarial=0.01", *opts.get("overrides", [])]
     if "channels_last" in opts:
@@ -181,7 +182,9 @@ def bench_train(model: str, opts: dict[str, Any], warmup: int, repeats: int, dev
     generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(
         generator, discriminator, optimizer_g, optimizer_d
     )
-    d_module = accelerator.unwrap_model(discriminator)
+    nets = SimpleNamespace(
+        generator=generator, discriminator=discriminator, loss=loss, optimizer_g=optimizer_g, optimizer_d=optimizer_d
+    )
     ema = EMA(accelerator.unwrap_model(generator), schedule.ema.decay)
     g_module = accelerator.unwrap_model(generator)
     generator.train()
@@ -192,14 +195,11 @@ def bench_train(model: str, opts: dict[str, Any], warmup: int, repeats: int, dev
     lr = torch.nn.functional.avg_pool2d(hr, SCALE).contiguous(memory_format=fmt)
     data = {"lr": lr, "hr": hr}
     step = [0]
-    fused = fused_gan_step(trainer.fused_gan_step, d_module)
+    fused = fused_gan_step(trainer.fused_gan_step, accelerator.unwrap_model(discriminator))
 
     def one_step() -> None:
-        if fused:
-            gan_step(accelerator, generator, discriminator, loss, optimizer_g, optimizer_d, data, 0.01)
-        else:
-            sr, _, _ = generator_step(accelerator, generator, d_module, loss, optimizer_g, data, 0.01)
-            discriminator_step(accelerator, discriminator, loss, optimizer_d, data["hr"], sr)
+        # The loop's own update (a generator step with D due, no holdback), then the EMA.
+        update(accelerator, nets, data, 0.01, train_d=True, holdback=None, fused=fused, grad_clip=None)
         ema.update(g_module, step[0])
         step[0] += 1
 

@@ -12,7 +12,8 @@ so drift hits all of them alike. Reported: the median and the minimum step time 
   backward pass through D, G's adversarial gradient rescaled from it;
 * ``second_pass``: the same step with the rescaling turned off (``MAX_LOGIT_GRAD_RATIO = 0``), so G's
   adversarial gradient takes its own backward pass through D (the fused step before the rescaling);
-* ``separate``: ``generator_step`` then ``discriminator_step`` (``trainer.fused_gan_step=false``).
+* ``separate``: ``engine.steps.update`` with ``fused=False`` (``trainer.fused_gan_step=false``): ``generator_step``
+  then ``discriminator_step``.
 
 All three update the weights, so later rounds run on moved weights; the cost does not depend on them.
 """
@@ -25,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,7 +39,7 @@ def gan_setup(model: str, overrides: list[str], batch: int, device: str = "cpu",
     import torch
     from accelerate import Accelerator
 
-    from srgan.train import build_networks
+    from srgan.engine.build import build_networks
 
     cfg = _compose(model, ["loss.weights.adversarial=0.01", *overrides])
     torch.manual_seed(0)
@@ -57,7 +59,7 @@ def run(
     import srgan.engine.steps as steps
 
     _, accelerator, g, d, loss, opt_g, opt_d, data = gan_setup(model, overrides, batch, device, precision)
-    d_module = accelerator.unwrap_model(d)
+    nets = SimpleNamespace(generator=g, discriminator=d, loss=loss, optimizer_g=opt_g, optimizer_d=opt_d)
     limit = steps.MAX_LOGIT_GRAD_RATIO
     from_d_pass: dict[str, list[bool]] = {"shared": [], "second_pass": []}
 
@@ -69,9 +71,8 @@ def run(
             steps.MAX_LOGIT_GRAD_RATIO = limit
         from_d_pass[name].append(result.g_adversarial_from_d_pass)
 
-    def separate() -> None:
-        sr, _, _ = steps.generator_step(accelerator, g, d_module, loss, opt_g, data, 0.01)
-        steps.discriminator_step(accelerator, d, loss, opt_d, data["hr"], sr)
+    def separate() -> None:  # the loop's update with trainer.fused_gan_step=false
+        steps.update(accelerator, nets, data, 0.01, train_d=True, holdback=None, fused=False, grad_clip=None)
 
     variants = {
         "shared": lambda: fused("shared", limit),

@@ -154,3 +154,42 @@ def test_defaults_live_in_the_yaml_only_and_a_missing_key_is_named(composed):
         with pytest.raises(ConfigError, match=key):
             validate_training_config(broken)
     assert composed("train").trainer.max_steps == 20000  # the cached config was not changed
+
+
+def test_eval_and_infer_keys_have_a_schema_that_names_the_bad_key(composed):
+    from srgan.config import EvalConfig, InferConfig, validate_entry_config
+
+    groups = ("dataset", "uncertainty", "tracking")
+    cfg = composed("eval", ["model=somewhere"])
+    options = validate_entry_config(EvalConfig, cfg, groups)
+    assert (options.border, options.tile, options.lpips) == (cfg.border, cfg.tile, cfg.lpips)
+    for override, named in [("+tyle=64", "tyle"), ("border=-1", "border"), ("lpips=squeeze", "lpips")]:
+        with pytest.raises(ConfigError, match=named):
+            validate_entry_config(EvalConfig, composed("eval", ["model=x", override]), groups)
+    with pytest.raises(ConfigError, match="overlap"):
+        validate_entry_config(InferConfig, composed("infer", ["model=m", "input=i", "output=o", "overlap=200"]), ())
+    with pytest.raises(ConfigError, match="model"):  # ??? left unset
+        validate_entry_config(EvalConfig, composed("eval"), groups)
+
+
+def test_the_library_defaults_of_srgan_infer_are_conf_infer_yaml(composed):
+    """``super_resolve_file``'s options and ``srgan-infer`` run alike: one set of defaults."""
+    from dataclasses import fields
+
+    from srgan.infer import InferOptions
+
+    cfg = composed("infer", ["model=m", "input=i", "output=o"])
+    shared = [f for f in fields(InferOptions) if f.name in cfg]
+    assert len(shared) >= 10
+    for field in shared:
+        assert field.default == cfg[field.name], field.name
+
+
+def test_an_uncertainty_node_builds_only_an_uncertainty_option():
+    from srgan.evaluation.uncertainty import load_sampler
+
+    node = OmegaConf.create({"_target_": "os.system", "command": "touch /tmp/srgan-pwned"})
+    with pytest.raises(ValueError, match="not an uncertainty option"):
+        load_sampler(None, node, None)
+    none = OmegaConf.load(CONF_DIR / "uncertainty" / "none.yaml")
+    assert load_sampler(None, none, None) is None

@@ -132,14 +132,13 @@ def test_discriminator_warmup_interval_and_steps_per_g(tmp_path, tiny_overrides)
 @pytest.mark.slow
 @pytest.mark.parametrize("fused", [True, False])
 def test_holdback_skips_discriminator_updates_while_it_is_confident(tmp_path, tiny_overrides, monkeypatch, fused):
-    import srgan.engine.loop as loop
     import srgan.engine.steps as steps
 
     gaps = iter([0.9, 0.1, 0.95, 0.2])
     if fused:  # the gap comes from the logits of the shared D pass
         monkeypatch.setattr(steps, "probability_gap", lambda *a: next(gaps))
     else:
-        monkeypatch.setattr(loop, "discriminator_confidence", lambda *a: next(gaps))
+        monkeypatch.setattr(steps, "discriminator_confidence", lambda *a: next(gaps))
     overrides = [
         "schedule.discriminator.holdback=0.8",
         "trainer.checkpoint.best_metric=null",
@@ -349,8 +348,8 @@ def test_fused_gan_step_holdback_and_train_d_leave_the_discriminator_alone():
 
 
 def test_fused_gan_step_setting_follows_the_discriminator():
+    from srgan.engine.build import fused_gan_step
     from srgan.models.discriminators import ESRGANDiscriminator, SRGANDiscriminator
-    from srgan.train import fused_gan_step
 
     assert fused_gan_step("auto", SRGANDiscriminator(3, base_channels=8, n_stages=2))
     assert not fused_gan_step("auto", ESRGANDiscriminator(3, base_channels=8, n_stages=2, norm="batch"))

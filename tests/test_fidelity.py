@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from srgan.data.degradation import Resample
-from srgan.fidelity import consistency, correctness, ergas, phase_correlation_shift, synthesis
+from srgan.evaluation.fidelity import consistency, correctness, ergas, phase_correlation_shift, synthesis
 from srgan.models.blocks import upsample_image
 
 
@@ -61,7 +61,7 @@ def test_ergas_matches_its_definition():
 
 
 def test_histogram_matching_gives_the_reference_distribution_and_keeps_order():
-    from srgan.fidelity import match_histograms
+    from srgan.evaluation.fidelity import match_histograms
 
     g = torch.Generator().manual_seed(4)
     source = torch.rand(2, 40, 40, generator=g) ** 2

@@ -69,7 +69,7 @@ def test_a_png_renamed_tif_is_named_in_a_warning(model_dir, tmp_path, caplog):
     with rasterio.open(png, "w", driver="PNG", width=48, height=40, count=4, dtype="uint8") as dst:
         dst.write(data)
     with caplog.at_level(logging.WARNING, logger="srgan.data.rasters"):
-        super_resolve_file(model_dir, png, tmp_path / "sr.tif", [1, 2, 3, 4], tile=16, overlap=4, progress=False)
+        super_resolve_file(model_dir, png, tmp_path / "sr.tif", bands=[1, 2, 3, 4], tile=16, overlap=4, progress=False)
     assert any(str(png) in r.message and "no CRS" in r.message and "PNG" in r.message for r in caplog.records)
 
 

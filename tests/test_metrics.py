@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from srgan.evaluate import format_table
-from srgan.metrics import SRMetrics
+from srgan.evaluation.metrics import SRMetrics
+from srgan.evaluation.report import format_table
 
 
 def test_identical_images_give_infinite_psnr_unit_ssim_zero_angle():

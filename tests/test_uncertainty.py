@@ -8,9 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from srgan.downstream import ThematicAgreement, available_indices, index_errors, kmeans, normalized_difference
+from srgan.evaluation.downstream import (
+    ThematicAgreement,
+    available_indices,
+    index_errors,
+    kmeans,
+    normalized_difference,
+)
+from srgan.evaluation.uncertainty import Calibration, SampleSpread, interval_scale, noise_sampler, z_for
 from srgan.models.generators import RCABGenerator, StochasticGenerator
-from srgan.uncertainty import Calibration, SampleSpread, interval_scale, noise_sampler, z_for
 
 
 def gaussian_case(sigma_pred: float, n: int = 400_000, seed: int = 0):

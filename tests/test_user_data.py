@@ -25,7 +25,7 @@ from srgan.data.degradation import Resample
 from srgan.data.normalization import ByDataType, LinearScale
 from srgan.data.rasters import RasterError, read_raster
 from srgan.engine.checkpoint import ExportedModel, export_model, load_model
-from srgan.evaluate import evaluate_regions
+from srgan.evaluation.regions import evaluate_regions
 from srgan.infer import super_resolve_file
 from srgan.models import RCABGenerator
 from tests.conftest import TINY_GENERATOR, model_card
@@ -111,7 +111,8 @@ def test_eval_measures_only_pixels_with_data_and_counts_them(tmp_path):
     split = {"fractions": {"test": 1.0}, "gap": 0, "axis": "columns"}
     data = _raster(_write(tmp_path / "holed.tif", holed, nodata=0), split=split)
     (region,) = data.regions("test")
-    results, _ = evaluate_regions(model, [region], data, 4, 64, 8, 4, torch.device("cpu"), lpips_net=None)
+    options = {"border": 4, "tile": 64, "overlap": 8, "batch_size": 4, "device": torch.device("cpu")}
+    results, _ = evaluate_regions(model, [region], data, **options, lpips_net=None)
     for method in ("sr", "bicubic", "nearest"):  # before: NaN for every method (zeros have no angle)
         assert math.isfinite(results[method]["sam_deg"]), method
     # The counted pixels are those with data in HR and under a valid LR pixel, inside the border.
@@ -135,7 +136,7 @@ def test_eval_measures_only_pixels_with_data_and_counts_them(tmp_path):
 
 
 def test_eval_without_nodata_equals_the_unmasked_measures(tmp_path):
-    from srgan.metrics import SRMetrics
+    from srgan.evaluation.metrics import SRMetrics
 
     torch.manual_seed(0)
     hr = torch.rand(1, 4, 48, 64)

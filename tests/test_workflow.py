@@ -273,7 +273,7 @@ def test_an_own_raster_run_is_named_after_the_file():
 
 
 def test_perceptual_terms_announce_one_backbone_pass_per_band():
-    from srgan.train import backbone_passes
+    from srgan.engine.build import backbone_passes
 
     cfg = compose_config("train", ["loss=full", "loss.weights.perceptual=0.1", "loss.weights.lpips=0.05"])
     notes = backbone_passes(cfg.loss, ["perceptual", "lpips", "l1"])

@@ -11,7 +11,7 @@ and a key missing from them is an error naming it (not a second, silently differ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 def _positive(section: str, **values: int) -> None:
     for key, value in values.items():
         if value is not None and value < 0:
-            raise ConfigError(f"{section}.{key} must be >= 0, got {value}")
+            raise ConfigError(f"{section + '.' if section else ''}{key} must be >= 0, got {value}")
 
 
 @dataclass
@@ -210,7 +210,9 @@ def _check(schema: type, node: Any, section: str) -> Any:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
-        raise ConfigError(f"{section}.{key}: {err.msg if hasattr(err, 'msg') else err}") from None
+        raise ConfigError(
+            f"{section + '.' if section else ''}{key}: {err.msg if hasattr(err, 'msg') else err}"
+        ) from None
 
 
 def validate_training_config(cfg: DictConfig) -> Settings:
@@ -234,6 +236,78 @@ def validate_training_config(cfg: DictConfig) -> Settings:
             "(each extra D step would need its own accumulation cycle); use one of them"
         )
     return settings
+
+
+@dataclass
+class TiledPassConfig:
+    """The tiled forward pass of ``srgan-eval`` and ``srgan-infer``: LR tile size, overlap, tiles per batch."""
+
+    tile: int = MISSING
+    overlap: int = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+
+    def __post_init__(self) -> None:
+        if self.tile < 1 or self.batch_size < 1:
+            raise ConfigError(f"tile and batch_size must be >= 1, got tile={self.tile}, batch_size={self.batch_size}")
+        if not 0 <= self.overlap < self.tile:
+            raise ConfigError(f"overlap must be in [0, tile), got overlap={self.overlap} with tile={self.tile}")
+
+
+@dataclass
+class EvalConfig(TiledPassConfig):
+    """``conf/eval.yaml``'s own keys (``dataset``, ``uncertainty`` and ``tracking`` are groups)."""
+
+    model: str = MISSING
+    split: str = MISSING
+    allow_train_overlap: bool = MISSING
+    border: int = MISSING
+    output: str | None = MISSING
+    figure: bool = MISSING
+    lpips: str | None = MISSING
+    histogram_match: bool = MISSING
+    clusters: int = MISSING
+    log_to_mlflow: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("", border=self.border)
+        if self.lpips not in (None, "alex", "vgg"):
+            raise ConfigError(f"lpips must be alex, vgg or null, got {self.lpips!r}")
+        if self.clusters < 2:
+            raise ConfigError(f"clusters must be >= 2, got {self.clusters}")
+
+
+@dataclass
+class InferConfig(TiledPassConfig):
+    """``conf/infer.yaml``'s own keys (``uncertainty`` is a group)."""
+
+    model: str = MISSING
+    input: str = MISSING
+    output: str = MISSING
+    std_output: str | None = MISSING
+    tracking_uri: str | None = MISSING
+    # A number, "none" or null (conf/infer.yaml says what each means).
+    nodata: Any = MISSING
+    bands: list[Any] | None = MISSING
+    bf16: bool = MISSING
+    channels_last: bool = MISSING
+    cog: bool = MISSING
+    histogram_match: bool = MISSING
+    progress: bool = MISSING
+    overwrite: bool = MISSING
+
+
+def validate_entry_config(schema: type, cfg: DictConfig, groups: tuple[str, ...]) -> Any:
+    """The typed, checked top-level keys of an entry point's config (everything but its ``groups``);
+    a key the schema does not know (``+tyle=64``) is named."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(schema)}
+    unknown = sorted(set(cfg) - known - set(groups) - {"hydra"})
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(known | set(groups))}")
+    return _check(schema, {k: cfg[k] for k in known if k in cfg}, "")
 
 
 def _check_resume(value: Any) -> str | None:

@@ -22,12 +22,12 @@ import glob
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
 import tempfile
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,238 +43,312 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from srgan.cli import user_errors
-from srgan.config import CONF_DIR
+from srgan.config import CONF_DIR, InferConfig, validate_entry_config
 from srgan.data.rasters import RasterError, effective_nodata, parse_nodata, select_bands, to_dtype, valid_pixels
 from srgan.devices import pick_device
 from srgan.engine.checkpoint import ExportedModel, load_model
-from srgan.fidelity import quantile_maps
-from srgan.tiling import _edges, blend_window, run_tiles, tile_boxes
-from srgan.uncertainty import SampleSpread, build_sampler
+from srgan.evaluation.fidelity import quantile_maps
+from srgan.evaluation.uncertainty import SampleSpread, load_sampler
+from srgan.model_source import resolve_model
+from srgan.tiling import RowBlender, run_tiles, tile_boxes
 
 log = logging.getLogger(__name__)
 
 
-def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> Path:
-    """A model folder, a run folder, or an MLflow artifact URI (``runs:/<id>/model``, ``models:/<name>/<v>``,
-    ``mlflow-artifacts:/...``) downloaded to a temporary folder."""
-    text = str(model)
-    if not Path(text).exists() and re.match(r"^[a-zA-Z][\w+.-]+:/", text):
-        import mlflow
+@dataclass(frozen=True)
+class InferOptions:
+    """How :func:`super_resolve_file` runs; the defaults are ``conf/infer.yaml``'s (a test keeps them equal).
 
-        target = tempfile.mkdtemp(prefix="srgan-model-")
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=target, tracking_uri=tracking_uri))
-    return Path(text)
+    ``bands``: of the input, by name or 1-based index (None: the model's band names). ``tile``,
+    ``overlap`` (LR pixels) and ``batch_size`` (tiles per forward pass). ``std_path``: where a sampled
+    spread goes (None: ``<output>_std.tif``), multiplied by ``std_scale``. ``nodata``: None (the
+    input's tag and mask band), a number (overrides the tag) or ``"none"``. GDAL's block cache (by
+    default 5 % of the RAM) would otherwise hold written blocks and grow with the scene: it is capped
+    at ``gdal_cache_mb``.
+    """
+
+    bands: list[str | int] | None = None
+    tile: int = 128
+    overlap: int = 16
+    batch_size: int = 4
+    device: str = "auto"
+    overwrite: bool = False
+    bf16: bool = False
+    channels_last: bool = True
+    cog: bool = False
+    histogram_match: bool = False
+    progress: bool = True
+    std_path: str | Path | None = None
+    std_scale: float = 1.0
+    nodata: float | str | None = None
+    gdal_cache_mb: int = 256
+
+
+@dataclass
+class _Output:
+    """What the output files look like: the GeoTIFF profile, the nodata rule, where they are written."""
+
+    profile: dict[str, Any]
+    indices: list[int]
+    nodata_setting: Any
+    # An integer input whose missing pixels come from a mask band (no nodata value) gets one too.
+    write_mask: bool
+    work: Path
+    target: Path  # the staging file (histogram matching) or the final one
+    std_profile: dict[str, Any] | None
 
 
 def super_resolve_file(
     model_path: str | Path | ExportedModel,
     input_path: str | Path,
     output_path: str | Path,
-    bands: list[str | int] | None = None,
-    tile: int = 128,
-    overlap: int = 16,
-    batch_size: int = 4,
-    device: str = "auto",
-    overwrite: bool = False,
-    bf16: bool = False,
-    cog: bool = False,
-    histogram_match: bool = False,
-    progress: bool = True,
-    gdal_cache_mb: int = 256,
-    channels_last: bool = True,
+    options: InferOptions | None = None,
+    *,
     sampler: SampleSpread | None = None,
-    std_path: str | Path | None = None,
-    std_scale: float = 1.0,
-    nodata: float | str | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Stream ``input_path`` through the model into ``output_path``; returns the path and timing.
+    """Stream ``input_path`` through the model into ``output_path``; returns the paths and timing.
 
-    With a ``sampler`` (:mod:`srgan.uncertainty`) the output holds the per-pixel sample mean and
-    ``std_path`` (default ``<output>_std.tif``) the per-band standard deviation in the output's units
-    times ``std_scale`` (float32, NaN where the input has no data).
-
-    ``nodata``: None (the input's tag and mask band), a number (overrides the tag) or ``"none"``.
-
-    GDAL's block cache (by default 5 % of the RAM) would otherwise hold written blocks and grow
-    with the scene: it is capped at ``gdal_cache_mb``."""
-    nodata_setting = parse_nodata(nodata, "nodata")
-    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20, GDAL_TIFF_INTERNAL_MASK=True):
-        input_path, output_path = Path(input_path), Path(output_path)
-        if sampler is not None and histogram_match:
-            raise ValueError(
-                "histogram_match=true with an uncertainty method is not supported: the spread would no "
-                "longer describe the matched values"
-            )
-        std_path = (
-            (Path(std_path) if std_path else output_path.with_name(output_path.stem + "_std.tif")) if sampler else None
+    ``options`` (or its fields as keywords: ``tile=64, overlap=8``): :class:`InferOptions`. With a
+    ``sampler`` (:mod:`srgan.evaluation.uncertainty`) the output holds the per-pixel sample mean and
+    ``options.std_path`` the per-band standard deviation in the output's units times ``std_scale``
+    (float32, NaN where the input has no data).
+    """
+    opts = replace(options or InferOptions(), **settings)
+    nodata_setting = parse_nodata(opts.nodata, "nodata")
+    input_path, output_path = Path(input_path), Path(output_path)
+    if sampler is not None and opts.histogram_match:
+        raise ValueError(
+            "histogram_match=true with an uncertainty method is not supported: the spread would no "
+            "longer describe the matched values"
         )
-        for path in (output_path, std_path):
-            if path is not None and path.exists() and not overwrite:
-                raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
-        model = model_path if isinstance(model_path, ExportedModel) else load_model(model_path)
-        if not input_path.is_file():
-            raise RasterError(f"{input_path}: no such file")
-        dev = pick_device(device)
-        generator = (sampler if sampler is not None else model.generator).to(dev)
-        s = model.scale
-        if channels_last:
-            generator.to(memory_format=torch.channels_last)
+    std_path = None
+    if sampler is not None:
+        std_path = Path(opts.std_path) if opts.std_path else output_path.with_name(output_path.stem + "_std.tif")
+    for path in (output_path, std_path):
+        if path is not None and path.exists() and not opts.overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
+    model = model_path if isinstance(model_path, ExportedModel) else load_model(model_path)
+    if not input_path.is_file():
+        raise RasterError(f"{input_path}: no such file")
+    dev = pick_device(opts.device)
+    generator = (sampler if sampler is not None else model.generator).to(dev)
+    if opts.channels_last:
+        generator.to(memory_format=torch.channels_last)
+    with rasterio.Env(GDAL_CACHEMAX=opts.gdal_cache_mb * 2**20, GDAL_TIFF_INTERNAL_MASK=True):
         with rasterio.open(input_path) as src:
-            chosen = select_bands(input_path, src, list(bands) if bands else model.band_names)
-            indices = chosen.indices
-            if len(indices) != len(model.band_names):
-                raise RasterError(
-                    f"{input_path}: {len(indices)} bands selected, the model was trained on {len(model.band_names)} "
-                    f"({', '.join(model.band_names)})"
-                )
-            height, width, dtype = src.height, src.width, chosen.dtype
-            nodata = effective_nodata(src, indices, nodata_setting)
-            if nodata is None and np.dtype(dtype).kind == "f":
-                # NaN is a float raster's nodata whether or not the file says so: it stays NaN in SR.
-                nodata = float("nan")
-            # An integer input whose missing pixels come from a mask band (no nodata value) gets one too.
-            write_mask = nodata is None and any(
-                MaskFlags.per_dataset in src.mask_flag_enums[i - 1] or MaskFlags.alpha in src.mask_flag_enums[i - 1]
-                for i in indices
-            )
-            profile = dict(
-                driver="GTiff",
-                width=width * s,
-                height=height * s,
-                count=len(indices),
-                dtype=dtype,
-                crs=src.crs,
-                transform=src.transform @ Affine.scale(1 / s),
-                nodata=nodata,
-                compress="deflate",
-                predictor=3 if np.dtype(dtype).kind == "f" else 2,
-                # bands, not colours: a 4-band uint8 file would otherwise be RGBA, its NIR "alpha"
-                photometric="MINISBLACK",
-                tiled=True,
-                blockxsize=256,
-                blockysize=256,
-                BIGTIFF="IF_SAFER",
-                # GDAL compresses blocks on every core (a single-threaded DEFLATE is what limits
-                # the scene rate once the generator runs on a GPU: bench/speed.py --kinds scene).
-                NUM_THREADS="ALL_CPUS",
-            )
-            boxes = tile_boxes(height, width, tile, overlap)
-            by_row: dict[int, list[tuple[int, int, int, int]]] = {}
-            for box in boxes:
-                by_row.setdefault(box[0], []).append(box)
-            rows = sorted(by_row)
             output_path.parent.mkdir(parents=True, exist_ok=True)
-            work = make_work_dir(output_path)
-            stage = work / "sr.tif"
-            lr_samples: list[np.ndarray] = []
+            plan = _plan_output(src, input_path, output_path, model, opts, nodata_setting, sampler is not None)
             try:
-                started, done = time.perf_counter(), 0
-                bar = tqdm(total=len(boxes), unit="tile", disable=not progress, desc=input_path.name, mininterval=1.0)
-                # Histogram matching needs the whole SR distribution first, so it goes through a float
-                # staging file; otherwise each finished strip is converted and written once.
-                if histogram_match:
-                    target, target_profile = stage, {**profile, "dtype": "float32", "nodata": None}
-                else:
-                    target, target_profile = work / "final.tif", profile
-                windows: dict[tuple, torch.Tensor] = {}
-                bands = len(indices)
-                std_profile = {**profile, "dtype": "float32", "nodata": float("nan"), "predictor": 3}
-                with contextlib.ExitStack() as files:
-                    dst = files.enter_context(rasterio.open(target, "w", **target_profile))
-                    std_dst = (
-                        files.enter_context(rasterio.open(work / "std.tif", "w", **std_profile)) if sampler else None
-                    )
-                    # The blend buffers live on the model's device: on a GPU only finished strips travel.
-                    acc = torch.zeros(bands * (2 if sampler else 1), 0, width * s, device=dev)
-                    wsum = torch.zeros(1, 0, width * s, device=dev)
-                    mask_rows = np.zeros((0, width * s), dtype=bool)
-                    base = 0  # first HR row held in the buffers
-                    for i, r in enumerate(rows):
-                        th = by_row[r][0][2]
-                        raw = src.read(indices, window=Window(0, r, width, th))
-                        valid = valid_pixels(src, indices, raw, Window(0, r, width, th), nodata_setting)
-                        strip = raw.astype(np.float32)
-                        if histogram_match:  # about a million LR values per band, each LR row once
-                            fresh = rows[i + 1] - r if i + 1 < len(rows) else th
-                            values = strip[:, :fresh][:, valid[:fresh]]
-                            lr_samples.append(values[:, :: max(1, height * width // 1_000_000)])
-                        lr = torch.from_numpy(np.asarray(model.lr_normalization.normalize(strip), dtype=np.float32))
-                        lr[:, ~torch.from_numpy(valid)] = 0.0
-                        end = (r + th) * s
-                        grow = end - (base + acc.shape[1])
-                        if grow > 0:
-                            acc = torch.cat([acc, acc.new_zeros(acc.shape[0], grow, width * s)], 1)
-                            wsum = torch.cat([wsum, wsum.new_zeros(1, grow, width * s)], 1)
-                            mask_rows = np.concatenate([mask_rows, np.zeros((grow, width * s), dtype=bool)])
-                        invalid = np.repeat(np.repeat(~valid, s, 0), s, 1)
-                        mask_rows[r * s - base : end - base] |= invalid
-
-                        def read(box, lr=lr, r=r):
-                            _, c, h, w = box
-                            return lr[:, :h, c : c + w]
-
-                        for box, sr in run_tiles(generator, read, by_row[r], batch_size, dev, bf16, channels_last):
-                            _, c, h, w = box
-                            key = (h, w, _edges(box, height, width))
-                            if key not in windows:
-                                windows[key] = blend_window(h * s, w * s, overlap * s, key[2]).to(dev)
-                            window = windows[key]
-                            top = r * s - base
-                            acc[:, top : top + h * s, c * s : (c + w) * s] += sr * window
-                            wsum[:, top : top + h * s, c * s : (c + w) * s] += window
-                            done += 1
-                            bar.update(1)
-                            bar.set_postfix(tiles_per_s=f"{done / (time.perf_counter() - started):.1f}", refresh=False)
-                        # Rows above the next tile row are final: write and drop them.
-                        final = rows[i + 1] * s if i + 1 < len(rows) else height * s
-                        n = final - base
-                        if n > 0:
-                            out = (acc[:, :n] / wsum[:, :n]).cpu().numpy()
-                            if std_dst is not None:
-                                out, spread = out[:bands], out[bands:]
-                                std_dst.write(
-                                    _spread_to_output(spread * std_scale, mask_rows[:n], model),
-                                    window=Window(0, base, width * s, n),
-                                )
-                            if histogram_match:
-                                out[:, mask_rows[:n]] = np.nan
-                            else:
-                                out = _to_output(out, mask_rows[:n], profile, model, None)
-                            dst.write(out, window=Window(0, base, width * s, n))
-                            if write_mask and not histogram_match:
-                                mask = (~mask_rows[:n]).astype(np.uint8) * 255
-                                dst.write_mask(mask, window=Window(0, base, width * s, n))
-                            acc, wsum, mask_rows = acc[:, n:], wsum[:, n:], mask_rows[n:]
-                            base = final
-                    if not histogram_match:
-                        dst.descriptions = tuple(model.band_names)
-                    if std_dst is not None:
-                        std_dst.descriptions = tuple(f"{b}_std" for b in model.band_names)
-                        std_dst.update_tags(
-                            uncertainty_method="noise" if sampler.noise_seeds is not None else "ensemble",
-                            uncertainty_samples=str(sampler.samples),
-                            uncertainty_std_scale=str(std_scale),
-                        )
-                bar.close()
+                started = time.perf_counter()
+                tiles, lr_samples = _stream(src, input_path, plan, generator, model, opts, sampler, dev)
                 seconds = time.perf_counter() - started
-                if histogram_match:
-                    maps = quantile_maps(_sample_sr(stage, model), np.concatenate(lr_samples, axis=1))
-                    _finalise(stage, work / "final.tif", profile, model, maps)
-                if cog:
-                    rasterio.shutil.copy(work / "final.tif", work / "cog.tif", driver="COG", compress="DEFLATE")
-                    os.replace(work / "cog.tif", work / "final.tif")
-                os.replace(work / "final.tif", output_path)
-                if std_path is not None:
-                    os.replace(work / "std.tif", std_path)
+                _finish(plan, model, opts, lr_samples, output_path, std_path)
             finally:
-                shutil.rmtree(work, ignore_errors=True)
-        return {
-            "output": output_path,
-            "std_output": std_path,
-            "tiles": len(boxes),
-            "seconds": seconds,
-            "tiles_per_s": len(boxes) / seconds,
-        }
+                shutil.rmtree(plan.work, ignore_errors=True)
+    return {
+        "output": output_path,
+        "std_output": std_path,
+        "tiles": tiles,
+        "seconds": seconds,
+        "tiles_per_s": tiles / seconds,
+    }
+
+
+def _plan_output(
+    src: Any,
+    input_path: Path,
+    output_path: Path,
+    model: ExportedModel,
+    opts: InferOptions,
+    nodata_setting: Any,
+    spread: bool,
+) -> _Output:
+    """The bands to read, the output's profile and nodata, and the work folder beside the output."""
+    chosen = select_bands(input_path, src, list(opts.bands) if opts.bands else model.band_names)
+    indices = chosen.indices
+    if len(indices) != len(model.band_names):
+        raise RasterError(
+            f"{input_path}: {len(indices)} bands selected, the model was trained on {len(model.band_names)} "
+            f"({', '.join(model.band_names)})"
+        )
+    dtype, s = chosen.dtype, model.scale
+    nodata = effective_nodata(src, indices, nodata_setting)
+    if nodata is None and np.dtype(dtype).kind == "f":
+        # NaN is a float raster's nodata whether or not the file says so: it stays NaN in SR.
+        nodata = float("nan")
+    write_mask = nodata is None and any(
+        MaskFlags.per_dataset in src.mask_flag_enums[i - 1] or MaskFlags.alpha in src.mask_flag_enums[i - 1]
+        for i in indices
+    )
+    profile = dict(
+        driver="GTiff",
+        width=src.width * s,
+        height=src.height * s,
+        count=len(indices),
+        dtype=dtype,
+        crs=src.crs,
+        transform=src.transform @ Affine.scale(1 / s),
+        nodata=nodata,
+        compress="deflate",
+        predictor=3 if np.dtype(dtype).kind == "f" else 2,
+        # bands, not colours: a 4-band uint8 file would otherwise be RGBA, its NIR "alpha"
+        photometric="MINISBLACK",
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        BIGTIFF="IF_SAFER",
+        # GDAL compresses blocks on every core (a single-threaded DEFLATE is what limits
+        # the scene rate once the generator runs on a GPU: bench/speed.py --kinds scene).
+        NUM_THREADS="ALL_CPUS",
+    )
+    work = make_work_dir(output_path)
+    # Histogram matching needs the whole SR distribution first, so it goes through a float staging
+    # file; otherwise each finished strip is converted and written once.
+    target = work / ("sr.tif" if opts.histogram_match else "final.tif")
+    std_profile = {**profile, "dtype": "float32", "nodata": float("nan"), "predictor": 3} if spread else None
+    return _Output(profile, indices, nodata_setting, write_mask, work, target, std_profile)
+
+
+def _read_strip(
+    src: Any, plan: _Output, model: ExportedModel, row: int, rows: int
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """One strip of LR rows: the raw float values, the pixels that hold data, and the normalised
+    network input (zero where there is no data)."""
+    window = Window(0, row, src.width, rows)
+    raw = src.read(plan.indices, window=window)
+    valid = valid_pixels(src, plan.indices, raw, window, plan.nodata_setting)
+    strip = raw.astype(np.float32)
+    lr = torch.from_numpy(np.asarray(model.lr_normalization.normalize(strip), dtype=np.float32))
+    lr[:, ~torch.from_numpy(valid)] = 0.0
+    return strip, valid, lr
+
+
+def _stream(
+    src: Any,
+    input_path: Path,
+    plan: _Output,
+    generator: torch.nn.Module,
+    model: ExportedModel,
+    opts: InferOptions,
+    sampler: SampleSpread | None,
+    dev: torch.device,
+) -> tuple[int, list[np.ndarray]]:
+    """Tile row by tile row: read a strip, super-resolve its tiles, blend them, write the rows no
+    later tile touches. Returns the number of tiles and (histogram matching) the LR value samples."""
+    height, width, s = src.height, src.width, model.scale
+    boxes = tile_boxes(height, width, opts.tile, opts.overlap)
+    by_row: dict[int, list[tuple[int, int, int, int]]] = {}
+    for box in boxes:
+        by_row.setdefault(box[0], []).append(box)
+    rows = sorted(by_row)
+    lr_samples: list[np.ndarray] = []
+    bar = tqdm(total=len(boxes), unit="tile", disable=not opts.progress, desc=input_path.name, mininterval=1.0)
+    started, done = time.perf_counter(), 0
+    bands = len(plan.indices)
+    # The blend buffers live on the model's device: on a GPU only finished strips travel.
+    blender = RowBlender(bands * (2 if sampler else 1), height, width, s, opts.overlap, dev)
+    with contextlib.ExitStack() as files:
+        dst = files.enter_context(rasterio.open(plan.target, "w", **_target_profile(plan, opts)))
+        std_dst = (
+            files.enter_context(rasterio.open(plan.work / "std.tif", "w", **plan.std_profile)) if sampler else None
+        )
+        for i, r in enumerate(rows):
+            th = by_row[r][0][2]
+            strip, valid, lr = _read_strip(src, plan, model, r, th)
+            if opts.histogram_match:  # about a million LR values per band, each LR row once
+                fresh = rows[i + 1] - r if i + 1 < len(rows) else th
+                values = strip[:, :fresh][:, valid[:fresh]]
+                lr_samples.append(values[:, :: max(1, height * width // 1_000_000)])
+            blender.mark(r * s, np.repeat(np.repeat(~valid, s, 0), s, 1))
+
+            def read(box, lr=lr):
+                _, c, h, w = box
+                return lr[:, :h, c : c + w]
+
+            tiles = run_tiles(generator, read, by_row[r], opts.batch_size, dev, opts.bf16, opts.channels_last)
+            for box, sr in tiles:
+                blender.add(box, sr)
+                done += 1
+                bar.update(1)
+                bar.set_postfix(tiles_per_s=f"{done / (time.perf_counter() - started):.1f}", refresh=False)
+            # Rows above the next tile row are final: write and drop them.
+            base = blender.base
+            finished = blender.take(rows[i + 1] * s if i + 1 < len(rows) else height * s)
+            if finished is not None:
+                _write_rows(dst, std_dst, plan, model, opts, base, *finished, bands=bands)
+        _describe(dst, std_dst, model, opts, sampler)
+    bar.close()
+    return len(boxes), lr_samples
+
+
+def _target_profile(plan: _Output, opts: InferOptions) -> dict[str, Any]:
+    if opts.histogram_match:
+        return {**plan.profile, "dtype": "float32", "nodata": None}
+    return plan.profile
+
+
+def _write_rows(
+    dst: Any,
+    std_dst: Any,
+    plan: _Output,
+    model: ExportedModel,
+    opts: InferOptions,
+    base: int,
+    blended: torch.Tensor,
+    missing: np.ndarray,
+    *,
+    bands: int,
+) -> None:
+    """Finished HR rows ``base ..`` to the output (and the spread to its own file), in the output's
+    units with its nodata, or as float for the histogram-matching staging file."""
+    n = missing.shape[0]
+    window = Window(0, base, plan.profile["width"], n)
+    out = blended.cpu().numpy()
+    if std_dst is not None:
+        out, spread = out[:bands], out[bands:]
+        std_dst.write(_spread_to_output(spread * opts.std_scale, missing, model), window=window)
+    if opts.histogram_match:
+        out[:, missing] = np.nan
+    else:
+        out = _to_output(out, missing, plan.profile, model, None)
+    dst.write(out, window=window)
+    if plan.write_mask and not opts.histogram_match:
+        dst.write_mask((~missing).astype(np.uint8) * 255, window=window)
+
+
+def _describe(dst: Any, std_dst: Any, model: ExportedModel, opts: InferOptions, sampler: SampleSpread | None) -> None:
+    """Band descriptions (and the spread file's uncertainty tags)."""
+    if not opts.histogram_match:
+        dst.descriptions = tuple(model.band_names)
+    if std_dst is not None:
+        std_dst.descriptions = tuple(f"{b}_std" for b in model.band_names)
+        std_dst.update_tags(
+            uncertainty_method="noise" if sampler.noise_seeds is not None else "ensemble",
+            uncertainty_samples=str(sampler.samples),
+            uncertainty_std_scale=str(opts.std_scale),
+        )
+
+
+def _finish(
+    plan: _Output,
+    model: ExportedModel,
+    opts: InferOptions,
+    lr_samples: list[np.ndarray],
+    output_path: Path,
+    std_path: Path | None,
+) -> None:
+    """Histogram matching (from the staging file), the COG copy, then the files into place."""
+    work = plan.work
+    if opts.histogram_match:
+        maps = quantile_maps(_sample_sr(plan.target, model), np.concatenate(lr_samples, axis=1))
+        _finalise(plan.target, work / "final.tif", plan.profile, model, maps)
+    if opts.cog:
+        rasterio.shutil.copy(work / "final.tif", work / "cog.tif", driver="COG", compress="DEFLATE")
+        os.replace(work / "cog.tif", work / "final.tif")
+    os.replace(work / "final.tif", output_path)
+    if std_path is not None:
+        os.replace(work / "std.tif", std_path)
 
 
 WORK_OWNER = "owner.json"
@@ -382,19 +456,6 @@ def _finalise(stage: Path, target: Path, profile: dict, model: ExportedModel, ma
         dst.descriptions = tuple(model.band_names)
 
 
-def load_sampler(model: ExportedModel, node: Any, tracking_uri: str | None) -> SampleSpread | None:
-    """The sampler an ``uncertainty`` config node asks for (None for method none); members are
-    model folders, run folders or MLflow URIs, resolved like ``model``."""
-    return build_sampler(
-        model,
-        node.method,
-        node.samples or 0,
-        node.seed,
-        list(node.members),
-        lambda member: load_model(resolve_model(member, tracking_uri)),
-    )
-
-
 def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -404,32 +465,15 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(cfg: DictConfig) -> None:
     # SIGTERM (a scheduler's time limit, `kill`) unwinds like Ctrl-C: partial files are removed.
     signal.signal(signal.SIGTERM, _terminate)
-    model = load_model(resolve_model(cfg.model, cfg.get("tracking_uri")))
-    u = cfg.uncertainty
-    sampler = load_sampler(model, u, cfg.get("tracking_uri"))
-    result = super_resolve_file(
-        model,
-        cfg.input,
-        cfg.output,
-        list(cfg.bands) if cfg.bands else None,
-        cfg.tile,
-        cfg.overlap,
-        cfg.batch_size,
-        cfg.device,
-        cfg.overwrite,
-        cfg.bf16,
-        cfg.cog,
-        cfg.histogram_match,
-        cfg.progress,
-        channels_last=cfg.channels_last,
-        sampler=sampler,
-        std_path=cfg.get("std_output"),
-        std_scale=float(u.get("std_scale", 1.0)),
-        nodata=cfg.get("nodata"),
-    )
+    options: InferConfig = validate_entry_config(InferConfig, cfg, ("uncertainty",))
+    model = load_model(resolve_model(options.model, options.tracking_uri))
+    sampler = load_sampler(model, cfg.uncertainty, options.tracking_uri)
+    shared = {f.name: getattr(options, f.name) for f in fields(InferOptions) if hasattr(options, f.name)}
+    shared["std_path"], shared["std_scale"] = options.std_output, float(cfg.uncertainty.std_scale)
+    result = super_resolve_file(model, options.input, options.output, InferOptions(**shared), sampler=sampler)
     spread = f", per-band std -> {result['std_output']} ({sampler.samples} samples)" if sampler else ""
     print(
-        f"super-resolved {cfg.input} -> {result['output']}{spread} "
+        f"super-resolved {options.input} -> {result['output']}{spread} "
         f"({result['tiles']} tiles in {result['seconds']:.1f} s, {result['tiles_per_s']:.1f} tiles/s)"
     )
 

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -90,6 +91,63 @@ def run_tiles(
         yield from zip(chunk, out)
 
 
+class RowBlender:
+    """SR tiles blended into a buffer of output rows that rolls down the image.
+
+    ``add`` weights a tile by its :func:`blend_window` (cached per size and shared edges) into the
+    buffer, which grows to cover it; ``take`` returns the blended rows above a given HR row (no later
+    tile may touch them) and drops them. Streaming a scene keeps only the rows between the current
+    tile row and the last one written; ``rows`` pre-allocates an in-memory image. ``missing`` is a
+    boolean HR mask that rolls with the buffer (``mark`` ORs pixels into it).
+    """
+
+    def __init__(
+        self, channels: int, height: int, width: int, scale: int, overlap: int, device: torch.device, rows: int = 0
+    ) -> None:
+        self.height, self.width, self.scale, self.overlap, self.device = height, width, scale, overlap, device
+        self.acc = torch.zeros(channels, rows, width * scale, device=device)
+        self.wsum = torch.zeros(1, rows, width * scale, device=device)
+        self.missing = np.zeros((rows, width * scale), dtype=bool)
+        self.base = 0  # the first HR row held in the buffers
+        self._windows: dict[tuple, torch.Tensor] = {}
+
+    def _cover(self, end: int) -> None:
+        grow = end - (self.base + self.acc.shape[1])
+        if grow > 0:
+            self.acc = torch.cat([self.acc, self.acc.new_zeros(self.acc.shape[0], grow, self.acc.shape[2])], 1)
+            self.wsum = torch.cat([self.wsum, self.wsum.new_zeros(1, grow, self.wsum.shape[2])], 1)
+            self.missing = np.concatenate([self.missing, np.zeros((grow, self.missing.shape[1]), dtype=bool)])
+
+    def mark(self, row: int, missing: np.ndarray) -> None:
+        """OR an ``(rows, width * scale)`` HR mask into ``missing`` from HR row ``row`` on."""
+        self._cover(row + missing.shape[0])
+        self.missing[row - self.base : row - self.base + missing.shape[0]] |= missing
+
+    def add(self, box: tuple[int, int, int, int], sr: torch.Tensor) -> None:
+        """The SR of LR tile ``box`` = ``(row, col, rows, cols)``, weighted into the buffer."""
+        r, c, h, w = box
+        s = self.scale
+        key = (h, w, _edges(box, self.height, self.width))
+        if key not in self._windows:
+            self._windows[key] = blend_window(h * s, w * s, self.overlap * s, key[2]).to(self.device)
+        window = self._windows[key]
+        self._cover((r + h) * s)
+        top = r * s - self.base
+        self.acc[:, top : top + h * s, c * s : (c + w) * s] += sr * window
+        self.wsum[:, top : top + h * s, c * s : (c + w) * s] += window
+
+    def take(self, end: int) -> tuple[torch.Tensor, np.ndarray] | None:
+        """The blended HR rows from ``base`` up to ``end`` and their ``missing`` mask, dropped from the
+        buffer (None when there are none)."""
+        n = end - self.base
+        if n <= 0:
+            return None
+        out, missing = self.acc[:, :n] / self.wsum[:, :n], self.missing[:n]
+        self.acc, self.wsum, self.missing = self.acc[:, n:], self.wsum[:, n:], self.missing[n:]
+        self.base = end
+        return out, missing
+
+
 @torch.no_grad()
 def tiled_super_resolve(
     model: nn.Module,
@@ -109,16 +167,12 @@ def tiled_super_resolve(
     device = torch.device(device)
     bands, height, width = lr.shape
     boxes = tile_boxes(height, width, tile, overlap)
-    out = torch.zeros(out_channels or bands, height * scale, width * scale, device=device)
-    weight = torch.zeros(1, height * scale, width * scale, device=device)
+    blender = RowBlender(out_channels or bands, height, width, scale, overlap, device, rows=height * scale)
 
     def read(box):
         r, c, h, w = box
         return lr[:, r : r + h, c : c + w]
 
     for box, sr in run_tiles(model, read, boxes, batch_size, device, bf16):
-        r, c, h, w = (v * scale for v in box)
-        window = blend_window(h, w, overlap * scale, _edges(box, height, width)).to(device)
-        out[:, r : r + h, c : c + w] += sr * window
-        weight[:, r : r + h, c : c + w] += window
-    return out / weight
+        blender.add(box, sr)
+    return blender.take(height * scale)[0]

@@ -6,7 +6,6 @@ srgan-train --cfg job            # print the composed config and exit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -14,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +37,6 @@ from srgan.tracking import flatten
 # functions that train: `srgan-train --help`, `--cfg job` and a refused sweep start in a second.
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
 log = logging.getLogger(__name__)
 # Seconds an interrupted run waits for the tracking server before spooling what is left.
@@ -74,37 +71,6 @@ def _sweep_run_name() -> str | None:
     return job_name(_overrides(), sweep_keys())
 
 
-def fused_gan_step(setting: Any, discriminator: nn.Module) -> bool:
-    """``trainer.fused_gan_step``: true, false, or auto (on unless D has batch norm).
-
-    The fused step (``engine.steps.gan_step``) gives the same gradients as the separate G and D
-    steps, except that a batch-norm discriminator in train mode would normalise G's pass over real
-    and SR images together instead of SR alone; ``auto`` keeps the separate steps for such a D.
-    """
-    from torch import nn
-
-    if setting == "auto":
-        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules())
-    if isinstance(setting, bool):
-        return setting
-    raise ValueError(f"trainer.fused_gan_step must be true, false or auto, got {setting!r}")
-
-
-def build_networks(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any, Any, Any]:
-    """Generator, discriminator, loss and both optimizers as a run builds them (``bench/speed.py`` too)."""
-    import torch
-
-    generator = instantiate(cfg.generator, _convert_="all")
-    discriminator = instantiate(cfg.discriminator, _convert_="all")
-    if cfg.trainer.channels_last:
-        generator.to(memory_format=torch.channels_last)
-        discriminator.to(memory_format=torch.channels_last)
-    loss = instantiate(cfg.loss, _convert_="all").to(device)
-    optimizer_g = instantiate(cfg.schedule.optimizer_g, _convert_="all")(generator.parameters())
-    optimizer_d = instantiate(cfg.schedule.optimizer_d, _convert_="all")(discriminator.parameters())
-    return generator, discriminator, loss, optimizer_g, optimizer_d
-
-
 def _default_run_name(cfg: DictConfig, dataset: str) -> str:
     """Outside a sweep: generator, data and start time (MLflow's random names repeat under a fixed seed).
 
@@ -118,70 +84,8 @@ def _default_run_name(cfg: DictConfig, dataset: str) -> str:
     return f"{generator}-{dataset}-{time.strftime('%m%d-%H%M%S')}"
 
 
-def backbone_passes(loss_cfg: DictConfig, built_terms: Iterable[str]) -> list[str]:
-    """One note per built loss term that runs an ImageNet network (VGG perceptual, LPIPS): how many
-    passes per image its band mapping (``rgb_bands``) costs. Such a term is many times slower than L1."""
-    notes = []
-    for name in built_terms:
-        node = loss_cfg.terms.get(name)
-        if node is None or "rgb_bands" not in node:
-            continue
-        bands, rgb = int(node.num_bands), node.rgb_bands
-        if rgb is None:
-            notes.append(
-                f"loss term {name!r} runs its ImageNet network once per band: {bands} bands, {bands} passes per "
-                f"image on SR and on HR, much slower than L1 (loss.terms.{name}.rgb_bands=[i,j,k]: one pass)"
-            )
-        else:
-            notes.append(
-                f"loss term {name!r} runs its ImageNet network 1 pass per image on bands {list(rgb)} as R, G, B "
-                f"(of {bands} bands), slower than L1"
-            )
-    return notes
-
-
 def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def model_card(cfg: DictConfig, data: Any, run_id: str | None, step: int) -> dict[str, Any]:
-    """The config saved beside released weights: how to rebuild the generator and feed it, and the
-    data it was trained on (:mod:`srgan.data.card`)."""
-    from srgan.data.card import dataset_record
-
-    degradation = cfg.dataset.get("degradation")
-    return {
-        "generator": OmegaConf.to_container(cfg.generator, resolve=True),
-        "data": {
-            "scale": int(cfg.dataset.scale),
-            "bands": list(data.bands),
-            "band_names": list(data.band_names),
-            "dtype": data.dtype,
-            # The fitted object, not the config: z-score / percentile statistics travel with the model.
-            "normalization": data.normalization.to_config(),
-            # Real LR from another sensor may have its own units (paired_folder's lr_normalization).
-            **(
-                {"lr_normalization": data.lr_normalization.to_config()}
-                if getattr(data, "lr_normalization", data.normalization) is not data.normalization
-                else {}
-            ),
-            # Real LR/HR pairs (paired_folder) have no degradation: LR came from the sensor.
-            "degradation": OmegaConf.to_container(degradation, resolve=True) if degradation is not None else None,
-            # The data and split it trained on: srgan-eval's default, and the areas a test must avoid.
-            **dataset_record(OmegaConf.to_container(cfg.dataset, resolve=True), data),
-        },
-        "source": {"mlflow_run_id": run_id, "step": step, "weights": "EMA generator"},
-    }
-
-
-def _fingerprint(*modules: nn.Module) -> str:
-    """SHA-256 of the modules' weights and buffers, to prove that every process holds the same."""
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -239,94 +143,137 @@ def adversarial_phase_check(trainer: Any, schedule: Any, overrides: list[str], i
         )
 
 
-def _train(cfg: DictConfig, run_dir: str | Path, stop: Any) -> dict[str, Any]:
-    import torch
+def _accelerator(trainer: Any) -> Any:
+    """Accelerate for this run. It keeps its state in a process-wide singleton; a Hydra multirun (or a
+    test session) trains several runs in one process, each with its own precision. The process group
+    is kept."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import broadcast_object_list, gather_object, set_seed
-    from torch.utils.data import DataLoader
 
-    from srgan.engine.checkpoint import (
-        CheckpointManager,
-        checkpoint_pieces,
-        export_model,
-        find_checkpoint,
-        load_checkpoint,
-    )
-    from srgan.engine.ema import EMA
-    from srgan.engine.health import PROBABILISTIC_GAN_TYPES, GANHealth
-    from srgan.engine.loop import Cadence, Interrupted, Parts, TrainState, fit
-    from srgan.engine.schedules import AdversarialRamp, DiscriminatorSchedule, LRSchedule
-    from srgan.engine.validation import validate
-    from srgan.tracking import MlflowTracker
-
-    settings = validate_training_config(cfg)
-    trainer, schedule = settings.trainer, settings.schedule
-    adversarial_phase_check(trainer, schedule, _overrides(), int(os.environ.get("RANK", "0")) == 0)
-    if trainer.num_threads:
-        torch.set_num_threads(trainer.num_threads)
-    # Accelerate keeps its state in a process-wide singleton; a Hydra multirun (or a test session)
-    # trains several runs in one process, each with its own precision. The process group is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(
+    return Accelerator(
         mixed_precision=trainer.precision,
         cpu=trainer.cpu or not _has_accelerator(),
         gradient_accumulation_steps=trainer.grad_accumulation,
         dynamo_backend="inductor" if trainer.compile else "no",
     )
+
+
+def _tracker(cfg: DictConfig, settings: Any, accelerator: Any, run_dir: Path, dataset: str) -> Any:
+    from srgan.tracking import MlflowTracker
+
+    tracking = settings.tracking
+    return MlflowTracker(
+        tracking.uri,
+        tracking.experiment_name,
+        tracking.run_name or _sweep_run_name() or _default_run_name(cfg, dataset),
+        tracking.artifact_location,
+        tags={
+            "overrides": " ".join(_overrides()) or "(none)",
+            "run_dir": str(run_dir),
+            "dataset": dataset,
+            "generator": cfg.generator._target_.rsplit(".", 1)[-1],
+            "git_commit": _git_commit() or "unknown",
+            "processes": str(accelerator.num_processes),
+            "precision": settings.trainer.precision,
+            **sweep_tags(),
+        },
+        active=accelerator.is_main_process,
+        log_images=tracking.log_images,
+        flush_timeout=tracking.flush_timeout,
+        spool_dir=run_dir,
+    )
+
+
+def _open_run(cfg: DictConfig, tracker: Any, checkpoint: Path | None, state: Any, run_dir: Path) -> str | None:
+    """On the main process: the MLflow run (the checkpoint's own when resuming and the store has it,
+    else a new one with the flattened config) and ``resolved_config.yaml``; returns its id."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "resolved_config.yaml"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if checkpoint is not None and state.run_id and tracker.attach(state.run_id, reopen=True):
+        run_id = state.run_id
+        changed = _changed_keys(OmegaConf.to_container(OmegaConf.load(config_file)), resolved)
+        tracker.set_tags(
+            {f"resumed_at_step_{state.step}": str(checkpoint), "resume_changed_keys": ", ".join(changed) or "(none)"}
+        )
+        if changed:
+            log.warning("resumed with a config that differs from the run's in: %s", ", ".join(changed))
+    else:
+        if checkpoint is not None:
+            log.warning("MLflow run %s of the checkpoint is not in %s; starting a new run", state.run_id, tracker.uri)
+        run_id = tracker.start(flatten(resolved))
+    OmegaConf.save(cfg, config_file, resolve=True)
+    tracker.log_artifact(config_file)
+    log.info("run dir %s, MLflow run %s (%s)", run_dir, run_id, tracker.uri)
+    return run_id
+
+
+def _export(cfg: DictConfig, accelerator: Any, run: Any, data: Any, tracker: Any, run_dir: Path, run_id: str | None):
+    """Check that every process ends with the same weights, then export the EMA generator with its card."""
+    from accelerate.utils import gather_object
+
+    from srgan.engine.build import model_card, weights_fingerprint
+    from srgan.engine.checkpoint import export_model
+
+    p = run.parts
+    g, d = accelerator.unwrap_model(p.generator), accelerator.unwrap_model(p.discriminator)
+    prints = gather_object([weights_fingerprint(g, d, p.ema.module)])
+    if len(set(prints)) != 1:
+        raise RuntimeError(f"the processes ended with different weights: {prints}")
+    if accelerator.is_main_process:
+        (run_dir / "ranks.json").write_text(
+            json.dumps({"processes": accelerator.num_processes, "weights_sha256": prints}, indent=1)
+        )
+        tracker.set_tags({"weights_identical_across_ranks": f"{len(prints)} processes, sha256 {prints[0][:16]}"})
+        model_dir = export_model(p.ema.module, model_card(cfg, data, run_id, run.state.step), run_dir / "model")
+        tracker.log_artifacts(model_dir, "model")
+
+
+def _explain_interrupt(err: KeyboardInterrupt, tracker: Any, run_dir: Path, state: Any) -> None:
+    """What the one-line report of an :class:`srgan.engine.loop.Interrupted` needs; a signal usually
+    comes with a deadline (SIGKILL after a grace period): what a tracking server has not taken by
+    then is spooled into the run folder for a replay, not waited for."""
+    from srgan.engine.checkpoint import find_checkpoint
+    from srgan.engine.loop import Interrupted
+
+    tracker.flush_timeout = min(tracker.flush_timeout, INTERRUPT_FLUSH_TIMEOUT)
+    if isinstance(err, Interrupted):
+        err.run_dir, err.run_id = run_dir, tracker.run_id
+        err.step = state.step if err.step is None else err.step
+        err.checkpoint = err.checkpoint or find_checkpoint(run_dir / "checkpoints")
+        if _sweep_run_name() is not None:  # one job of a multirun: rerunning the command reruns them all
+            err.resume_command = " ".join(["srgan-train", *_overrides(), f"resume={run_dir}"])
+
+
+def _train(cfg: DictConfig, run_dir: str | Path, stop: Any) -> dict[str, Any]:
+    import torch
+    from accelerate.utils import broadcast_object_list, set_seed
+
+    from srgan.engine.build import backbone_passes, build_training_run
+    from srgan.engine.checkpoint import CheckpointManager, load_checkpoint
+    from srgan.engine.loop import fit
+    from srgan.engine.validation import validate
+
+    settings = validate_training_config(cfg)
+    trainer = settings.trainer
+    adversarial_phase_check(trainer, settings.schedule, _overrides(), int(os.environ.get("RANK", "0")) == 0)
+    if trainer.num_threads:
+        torch.set_num_threads(trainer.num_threads)
+    accelerator = _accelerator(trainer)
     # Every process must write into the main process's folder, whatever its own clock said.
     checkpoint, run_dir = _resolve_resume(settings.resume, Path(run_dir).resolve())
     checkpoint, run_dir = broadcast_object_list([checkpoint, run_dir])
     set_seed(trainer.seed)
 
     data = instantiate(cfg.dataset, _convert_="all")
-    generator, discriminator, loss, optimizer_g, optimizer_d = build_networks(cfg, accelerator.device)
+    run = build_training_run(cfg, settings, accelerator, data)
     if accelerator.is_main_process:
-        for note in backbone_passes(cfg.loss, loss.terms):
+        for note in backbone_passes(cfg.loss, run.parts.loss.terms):
             log.info(note)
-    lr_g = LRSchedule(optimizer_g, trainer.max_steps, **vars(schedule.lr_g), name="lr_g")
-    lr_d = LRSchedule(optimizer_d, trainer.max_steps, **vars(schedule.lr_d), name="lr_d")
-    ema = EMA(generator, schedule.ema.decay, schedule.ema.start_step, schedule.ema.warmup, schedule.ema.enabled)
-    health = GANHealth(**vars(trainer.health), probabilistic=loss.adversarial.gan_type in PROBABILISTIC_GAN_TYPES)
-
-    # Item i depends only on (seed, i), so resuming at data position p and skipping p batches
-    # reproduces the uninterrupted order. The length only bounds what the loop can draw: generator
-    # steps, extra D steps, D warm-up and skipped steps.
-    d = schedule.discriminator
-    batches = (trainer.max_steps * d.steps_per_g + d.warmup_steps) * trainer.grad_accumulation + 1_000_000
-    loader = DataLoader(
-        data.train_dataset(batches * trainer.batch_size * accelerator.num_processes, trainer.seed),
-        batch_size=trainer.batch_size,
-        shuffle=False,
-        drop_last=True,
-        num_workers=trainer.num_workers,
-        pin_memory=accelerator.device.type == "cuda",
-        # Starting an iterator draws a worker seed; from the global RNG that draw would happen again
-        # after a resume (a new iterator) and shift every later random number (GP interpolation, noise).
-        generator=torch.Generator().manual_seed(trainer.seed),
-    )
-    generator, discriminator, optimizer_g, optimizer_d, loader = accelerator.prepare(
-        generator, discriminator, optimizer_g, optimizer_d, loader
-    )
-    ema.module.to(accelerator.device)
-    state = TrainState()
-    # Resume state is data srgan writes and reads itself (JSON + safetensors), never a pickle.
-    pieces = checkpoint_pieces(
-        accelerator,
-        {"generator": generator, "discriminator": discriminator},
-        {
-            "optimizer_g": optimizer_g,
-            "optimizer_d": optimizer_d,
-            "ema": ema,
-            "train_state": state,
-            "lr_g": lr_g,
-            "lr_d": lr_d,
-            "health": health,
-        },
-    )
     if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint, pieces)
-        log.info("resuming from %s at step %d", checkpoint, state.step)
+        load_checkpoint(accelerator, checkpoint, run.pieces)
+        log.info("resuming from %s at step %d", checkpoint, run.state.step)
     elif settings.resume == "auto":
         log.info("resume=auto: no checkpoint in %s, starting from scratch", run_dir)
 
@@ -334,121 +281,32 @@ def _train(cfg: DictConfig, run_dir: str | Path, stop: Any) -> dict[str, Any]:
     val_set = data.val_dataset("val")
 
     def validator(model: torch.nn.Module):
-        return validate(
-            accelerator,
-            model,
-            val_set,
-            data.scale,
-            data.band_names,
-            data.rgb_indices,
-            trainer.val_batch_size,
-            trainer.val_border,
-        )
+        options = (trainer.val_batch_size, trainer.val_border)
+        return validate(accelerator, model, val_set, data.scale, data.band_names, data.rgb_indices, *options)
 
-    parts = Parts(
-        generator=generator,
-        discriminator=discriminator,
-        loss=loss,
-        optimizer_g=optimizer_g,
-        optimizer_d=optimizer_d,
-        lr_g=lr_g,
-        lr_d=lr_d,
-        ema=ema,
-        ramp=AdversarialRamp(schedule.pretrain_steps, schedule.ramp.steps, schedule.ramp.shape),
-        d_schedule=DiscriminatorSchedule(d.warmup_steps, d.every, d.steps_per_g, d.holdback),
-    )
-    cadence = Cadence(
-        trainer.max_steps,
-        trainer.log_every,
-        trainer.val_every,
-        trainer.ckpt_every,
-        trainer.grad_clip,
-        trainer.max_nonfinite,
-        trainer.channels_last,
-        trainer.progress,
-        fused_gan_step(trainer.fused_gan_step, accelerator.unwrap_model(discriminator)),
-    )
+    checkpoint_cfg = trainer.checkpoint
     checkpoints = CheckpointManager(
         accelerator,
         run_dir / "checkpoints",
-        pieces,
-        trainer.checkpoint.keep_last,
-        trainer.checkpoint.best_metric,
-        trainer.checkpoint.best_mode,
+        run.pieces,
+        checkpoint_cfg.keep_last,
+        checkpoint_cfg.best_metric,
+        checkpoint_cfg.best_mode,
     )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = MlflowTracker(
-        settings.tracking.uri,
-        settings.tracking.experiment_name,
-        settings.tracking.run_name or _sweep_run_name() or _default_run_name(cfg, data.name),
-        settings.tracking.artifact_location,
-        tags={
-            "overrides": " ".join(_overrides()) or "(none)",
-            "run_dir": str(run_dir),
-            "dataset": data.name,
-            "generator": cfg.generator._target_.rsplit(".", 1)[-1],
-            "git_commit": _git_commit() or "unknown",
-            "processes": str(accelerator.num_processes),
-            "precision": trainer.precision,
-            **sweep_tags(),
-        },
-        active=accelerator.is_main_process,
-        log_images=settings.tracking.log_images,
-        flush_timeout=settings.tracking.flush_timeout,
-        spool_dir=run_dir,
-    )
-    run_id = None
-    status = "FAILED"
+    tracker = _tracker(cfg, settings, accelerator, run_dir, data.name)
+    run_id, status, state = None, "FAILED", run.state
     try:
         if accelerator.is_main_process:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            config_file = run_dir / "resolved_config.yaml"
-            if checkpoint is not None and state.run_id and tracker.attach(state.run_id, reopen=True):
-                run_id = state.run_id
-                changed = _changed_keys(OmegaConf.to_container(OmegaConf.load(config_file)), resolved)
-                tracker.set_tags(
-                    {
-                        f"resumed_at_step_{state.step}": str(checkpoint),
-                        "resume_changed_keys": ", ".join(changed) or "(none)",
-                    }
-                )
-                if changed:
-                    log.warning("resumed with a config that differs from the run's in: %s", ", ".join(changed))
-            else:
-                if checkpoint is not None:
-                    log.warning(
-                        "MLflow run %s of the checkpoint is not in %s; starting a new run", state.run_id, tracker.uri
-                    )
-                run_id = tracker.start(flatten(resolved))
-            OmegaConf.save(cfg, config_file, resolve=True)
-            tracker.log_artifact(config_file)
-            log.info("run dir %s, MLflow run %s (%s)", run_dir, run_id, tracker.uri)
+            run_id = _open_run(cfg, tracker, checkpoint, state, run_dir)
         state.run_id = run_id = broadcast_object_list([run_id])[0]
-        metrics = fit(accelerator, parts, loader, state, cadence, tracker, checkpoints, validator, health, stop)
-        g_module = accelerator.unwrap_model(generator)
-        prints = gather_object([_fingerprint(g_module, accelerator.unwrap_model(discriminator), ema.module)])
-        if len(set(prints)) != 1:
-            raise RuntimeError(f"the processes ended with different weights: {prints}")
-        if accelerator.is_main_process:
-            (run_dir / "ranks.json").write_text(
-                json.dumps({"processes": accelerator.num_processes, "weights_sha256": prints}, indent=1)
-            )
-            tracker.set_tags({"weights_identical_across_ranks": f"{len(prints)} processes, sha256 {prints[0][:16]}"})
-            model_dir = export_model(ema.module, model_card(cfg, data, run_id, state.step), run_dir / "model")
-            tracker.log_artifacts(model_dir, "model")
+        loop = (run.loader, state, run.cadence, tracker, checkpoints, validator, run.health, stop)
+        metrics = fit(accelerator, run.parts, *loop)
+        _export(cfg, accelerator, run, data, tracker, run_dir, run_id)
         accelerator.wait_for_everyone()
         status = "FINISHED"
     except KeyboardInterrupt as err:
         status = "KILLED"
-        # A signal usually comes with a deadline (SIGKILL after a grace period): what a tracking server
-        # has not taken by then is spooled into the run folder for a replay, not waited for.
-        tracker.flush_timeout = min(tracker.flush_timeout, INTERRUPT_FLUSH_TIMEOUT)
-        if isinstance(err, Interrupted):
-            err.run_dir, err.run_id = run_dir, tracker.run_id
-            err.step = state.step if err.step is None else err.step
-            err.checkpoint = err.checkpoint or find_checkpoint(run_dir / "checkpoints")
-            if _sweep_run_name() is not None:  # one job of a multirun: rerunning the command reruns them all
-                err.resume_command = " ".join(["srgan-train", *_overrides(), f"resume={run_dir}"])
+        _explain_interrupt(err, tracker, run_dir, state)
         raise
     finally:
         tracker.finish(status)
@@ -458,7 +316,7 @@ def _train(cfg: DictConfig, run_dir: str | Path, stop: Any) -> dict[str, Any]:
         "step": state.step,
         "metrics": metrics,
         "is_main_process": accelerator.is_main_process,
-        "health_warnings": dict(health.warnings),
+        "health_warnings": dict(run.health.warnings),
     }
 
 

@@ -1,4 +1,5 @@
-"""Band composites and labelled LR | bicubic | SR | HR comparison grids for logging."""
+"""Bands to RGB, the one place: the percentile stretch, composites, and the labelled
+LR | bicubic | SR | HR comparison grids for logging (``srgan-eval``'s figure draws with them too)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,42 @@ def _check_rgb(rgb: Sequence[int], bands: int) -> list[int]:
     return rgb
 
 
+def stretch(
+    reference: torch.Tensor,
+    rgb: Sequence[int],
+    low: float = 1.0,
+    high: float = 99.0,
+    valid: torch.Tensor | None = None,
+    per_band: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The percentile stretch ``(lo, hi)`` of the ``rgb`` bands of a ``(bands, H, W)`` reference, each
+    ``(3, 1, 1)``: per band, or with ``per_band=False`` one pair for all three (the bands keep their
+    relative brightness). ``valid`` (``(H, W)`` booleans, True where the reference holds data): the
+    percentiles are taken over valid pixels only, since nodata is zero-filled and would otherwise pull
+    the low end down."""
+    rgb = _check_rgb(rgb, reference.shape[0])
+    values = reference[rgb].float().flatten(1)
+    if valid is not None:
+        if valid.shape != reference.shape[-2:]:
+            raise ValueError(f"valid mask has shape {tuple(valid.shape)}, the HR image {tuple(reference.shape[-2:])}")
+        mask = valid.to(device=values.device, dtype=torch.bool)
+        if not bool(mask.any()):
+            raise ValueError("valid mask has no valid pixel: nothing to stretch the composite on")
+        values = values[:, mask.flatten()]
+    values = values.cpu().numpy()
+    # numpy, not torch.quantile: that refuses more than 2**24 values (a whole evaluated scene).
+    limits = np.percentile(values if per_band else values.reshape(1, -1), [low, high], axis=1)
+    lo, hi = (torch.as_tensor(v, dtype=torch.float32, device=reference.device).view(-1, 1, 1) for v in limits)
+    return lo.expand(3, 1, 1), hi.expand(3, 1, 1)
+
+
+def to_rgb(image: torch.Tensor, rgb: Sequence[int], lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The ``rgb`` bands of a ``(bands, H, W)`` image with the stretch of :func:`stretch`: an
+    ``(H, W, 3)`` float image in [0, 1]."""
+    x = (image[rgb].float().to(lo.device) - lo) / (hi - lo).clamp_min(1e-12)
+    return x.clamp(0, 1).permute(1, 2, 0)
+
+
 def composite(
     images: Sequence[torch.Tensor],
     rgb: Sequence[int],
@@ -39,29 +76,19 @@ def composite(
 ) -> list[np.ndarray]:
     """RGB uint8 composites of ``(bands, H, W)`` images, all stretched with the same percentiles.
 
-    The stretch comes from the last image (the HR reference), so differences in brightness between
-    panels are real, not an artefact of per-panel stretching. ``valid`` (``(H, W)`` booleans, True
-    where HR holds data): the percentiles are taken over valid pixels only, since nodata is
-    zero-filled and would otherwise pull the low end down; invalid pixels are painted ``NODATA_RGB``.
+    The stretch (:func:`stretch`, per band) comes from the last image (the HR reference), so
+    differences in brightness between panels are real, not an artefact of per-panel stretching.
+    ``valid`` (``(H, W)`` booleans, True where HR holds data): the percentiles are taken over valid
+    pixels only, and invalid pixels are painted ``NODATA_RGB``.
     """
     rgb = _check_rgb(rgb, images[-1].shape[0])
-    reference = images[-1][rgb].float().flatten(1)
-    mask = None
-    if valid is not None:
-        if valid.shape != images[-1].shape[-2:]:
-            raise ValueError(f"valid mask has shape {tuple(valid.shape)}, the HR image {tuple(images[-1].shape[-2:])}")
-        mask = valid.to(device=reference.device, dtype=torch.bool)
-        if not bool(mask.any()):
-            raise ValueError("valid mask has no valid pixel: nothing to stretch the composite on")
-        reference = reference[:, mask.flatten()]
-    lo = torch.quantile(reference, low / 100, dim=1).view(3, 1, 1)
-    hi = torch.quantile(reference, high / 100, dim=1).view(3, 1, 1)
+    lo, hi = stretch(images[-1], rgb, low, high, valid)
+    mask = None if valid is None else valid.bool().cpu().numpy()
     out = []
     for img in images:
-        x = (img[rgb].float().to(lo.device) - lo) / (hi - lo).clamp_min(1e-12)
-        panel = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        if mask is not None and panel.shape[:2] == tuple(mask.shape):
-            panel[~mask.cpu().numpy()] = NODATA_RGB
+        panel = (to_rgb(img, rgb, lo, hi) * 255).round().to(torch.uint8).cpu().numpy()
+        if mask is not None and panel.shape[:2] == mask.shape:
+            panel[~mask] = NODATA_RGB
         out.append(panel)
     return out
 

@@ -26,7 +26,7 @@ from srgan.engine.checkpoint import CheckpointManager, checkpoint_steps, find_ch
 from srgan.engine.ema import EMA
 from srgan.engine.health import GANHealth
 from srgan.engine.schedules import AdversarialRamp, DiscriminatorSchedule, LRSchedule
-from srgan.engine.steps import discriminator_confidence, discriminator_step, gan_step, generator_step
+from srgan.engine.steps import Update, discriminator_step, update
 from srgan.losses.composite import CompositeLoss
 from srgan.tracking import MlflowTracker
 from srgan.viz import grid_artifact_file
@@ -185,6 +185,209 @@ def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
+class _Batches:
+    """The training batches from the data position ``state.batches`` on, each one counted there."""
+
+    def __init__(self, accelerator: Accelerator, loader: DataLoader, state: TrainState, channels_last: bool) -> None:
+        self.state, self.channels_last = state, channels_last
+        self._it = iter(accelerator.skip_first_batches(loader, state.batches) if state.batches else loader)
+
+    def next(self) -> dict[str, torch.Tensor]:
+        self.state.batches += 1
+        batch = next(self._it)
+        if self.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+        return batch
+
+
+class _NonFiniteGuard:
+    """Counts optimizer steps skipped for a non-finite loss or gradient; too many in a row stop the run."""
+
+    def __init__(self, accelerator: Accelerator, state: TrainState, limit: int, checkpoint_root: Path) -> None:
+        self.accelerator, self.state, self.limit, self.root = accelerator, state, limit, checkpoint_root
+        self.in_a_row = 0
+
+    def account(self, ok: bool, what: str) -> None:
+        if ok:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.state.nonfinite_total += 1
+        if self.accelerator.is_main_process:
+            log.warning("step %d: non-finite %s loss or gradient, optimizer step skipped", self.state.step, what)
+        if self.in_a_row >= self.limit:
+            last = find_checkpoint(self.root)
+            raise NonFiniteError(
+                f"{self.in_a_row} optimizer steps in a row had a non-finite loss or gradient (at generator step "
+                f"{self.state.step}; trainer.max_nonfinite={self.limit}). Last good checkpoint: "
+                f"{last or 'none yet'}. Lower the learning rate, set trainer.grad_clip, or check the data."
+            )
+
+
+class _TrainLog:
+    """Losses kept on the device between logs, reduced once per log (not a sync per step), then
+    logged with the schedule's values, checked for GAN health and shown on the progress bar."""
+
+    BAR_KEYS = ("l1", "g_adversarial", "d_loss", "d_real_prob", "d_fake_prob")
+
+    def __init__(self, accelerator: Accelerator, parts: Parts, tracker: MlflowTracker, health: GANHealth, step: int):
+        self.accelerator, self.parts, self.tracker, self.health = accelerator, parts, tracker, health
+        self.history: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.held_back = 0
+        self.tick, self.tick_step = time.perf_counter(), step
+
+    def record(self, stats: dict[str, torch.Tensor]) -> None:
+        for key, value in stats.items():
+            self.history[key].append(value)
+
+    def record_update(self, result: Update) -> None:
+        """A generator micro-step's stats (unless it was skipped: its non-finite losses would poison
+        the logged means) and whether holdback skipped D on it."""
+        self.held_back += result.held_back
+        if result.g_stepped:
+            self.record(result.stats)
+
+    def emit(self, state: TrainState, step: int, adversarial_weight: float, batch_size: int, bar: tqdm) -> None:
+        """``train/*`` at ``state.step`` (``step``: the generator step just taken, for the EMA decay)."""
+        p, accelerator = self.parts, self.accelerator
+        names = sorted(self.history)
+        means = accelerator.reduce(torch.stack([torch.stack(self.history[k]).mean() for k in names]), "mean").tolist()
+        now = time.perf_counter()
+        rate = (state.step - self.tick_step) / max(now - self.tick, 1e-9)
+        logs = {f"train/{k}": v for k, v in zip(names, means)}
+        logs.update(
+            {
+                "train/adversarial_weight": adversarial_weight,
+                "train/lr_g": p.optimizer_g.param_groups[0]["lr"],
+                "train/lr_d": p.optimizer_d.param_groups[0]["lr"],
+                "train/ema_decay": p.ema.decay_at(step),
+                "train/steps_per_s": rate,
+                "train/images_per_s": rate * batch_size * accelerator.num_processes,
+                "train/nonfinite_skipped_total": state.nonfinite_total,
+                "train/d_warmup_steps_done": state.d_warmup_done,
+            }
+        )
+        if p.d_schedule.holdback is not None:
+            logs["train/d_held_back"], self.held_back = self.held_back, 0
+        self.tracker.log_metrics(logs, state.step)
+        for name, message in self.health.update(state.step, logs).items():
+            if accelerator.is_main_process:
+                log.warning("GAN health: %s", message)
+            self.tracker.set_tags({f"health.{name}": message})
+        shown = {k.split("/")[1]: f"{v:.4g}" for k, v in logs.items() if k.split("/")[1] in self.BAR_KEYS}
+        bar.set_postfix(shown, refresh=False)
+        self.history.clear()
+        self.tick, self.tick_step = now, state.step
+
+
+def _progress_bar(accelerator: Accelerator, cadence: Cadence, state: TrainState) -> tqdm:
+    return tqdm(
+        total=cadence.max_steps,
+        initial=state.step,
+        disable=not (accelerator.is_main_process and cadence.progress),
+        dynamic_ncols=True,
+        unit="step",
+        # Redirected to a file (CI, nohup), a redraw per step would fill the log with bars.
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
+    )
+
+
+def _loop_scope(bar: tqdm, stop: StopSignals | None) -> contextlib.ExitStack:
+    """Closes the bar at the end; log records print above it; signals are deferred to step boundaries."""
+    scope = contextlib.ExitStack()
+    scope.callback(bar.close)
+    if not bar.disable:
+        # Log records (validation results, warnings) printed above the bar instead of through it.
+        scope.enter_context(logging_redirect_tqdm())
+    if stop is not None:
+        stop.deferred = True
+        scope.callback(setattr, stop, "deferred", False)
+    return scope
+
+
+def _stop_if_signalled(
+    stop: StopSignals | None,
+    accelerator: Accelerator,
+    state: TrainState,
+    tracker: MlflowTracker,
+    checkpoints: CheckpointManager,
+    saved_at: int,
+) -> None:
+    """At a step boundary (outside a gradient-accumulation cycle, where the state is whole): after a
+    signal, a checkpoint of this step (unless one exists, or it is step 0) and :class:`Interrupted`."""
+    if stop is None or not (signum := stop.agreed(accelerator)):
+        return
+    if state.step > 0 and saved_at != state.step:
+        tracker.flush(timeout=5.0)
+        checkpoints.save(state.step, {"run_id": state.run_id})
+    raise Interrupted(signum, state.step, checkpoint_steps(checkpoints.root).get(state.step))
+
+
+def _discriminator_only_step(
+    accelerator: Accelerator, p: Parts, g_module: nn.Module, batch: dict[str, torch.Tensor], grad_clip: float | None
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """D against the frozen generator's SR of ``batch`` (warm-up and the extra D steps per G step)."""
+    with torch.no_grad(), accelerator.autocast():
+        sr = g_module(batch["lr"])
+    return discriminator_step(accelerator, p.discriminator, p.loss, p.optimizer_d, batch["hr"], sr, grad_clip)
+
+
+def _validate(
+    accelerator: Accelerator, p: Parts, validator: Validator, tracker: MlflowTracker, step: int
+) -> dict[str, float]:
+    """Validate the EMA generator; the LR schedules see the result; metrics, grid and a log line."""
+    metrics, grid = validator(p.ema.module)
+    p.lr_g.observe(metrics)
+    p.lr_d.observe(metrics)
+    tracker.log_metrics(metrics, step)
+    if grid is not None and accelerator.is_main_process:
+        tracker.log_image(grid, grid_artifact_file(step))
+    if accelerator.is_main_process:
+        # Through the logger: Hydra's train.log keeps it (and the bar is redrawn below it).
+        log.info("step %d: %s", step, validation_summary(metrics))
+    return metrics
+
+
+def _discriminator_alone(
+    accelerator: Accelerator,
+    p: Parts,
+    g_module: nn.Module,
+    batch: dict[str, torch.Tensor],
+    train_log: _TrainLog,
+    guard: _NonFiniteGuard,
+    grad_clip: float | None,
+    *,
+    warmup: bool,
+) -> None:
+    """D against the frozen generator: one micro-batch of D's warm-up (``warmup``; a completed D step
+    is counted in ``state.d_warmup_done``) or one of ``schedule.discriminator.steps_per_g - 1``
+    further D steps after a generator step (never under gradient accumulation)."""
+    with accelerator.accumulate(p.discriminator) if warmup else contextlib.nullcontext():
+        stats, ok = _discriminator_only_step(accelerator, p, g_module, batch, grad_clip)
+    train_log.record(stats)
+    if accelerator.sync_gradients or not warmup:
+        guard.account(ok, "discriminator")
+    if warmup and accelerator.sync_gradients:
+        guard.state.d_warmup_done += 1
+
+
+def _advance(p: Parts, g_module: nn.Module, state: TrainState, step: int, bar: tqdm) -> None:
+    """After a generator step that stepped: the EMA, the LR schedules, the step counter and the bar."""
+    p.ema.update(g_module, step)
+    p.lr_g.step()
+    p.lr_d.step()
+    state.step += 1
+    bar.update(1)
+
+
+def _checkpoint_due(
+    cadence: Cadence, step: int, validated: bool, checkpoints: CheckpointManager, metrics: dict[str, float]
+) -> bool:
+    """Periodically, at the last step, and when this step's validation improved the best metric."""
+    periodic = cadence.ckpt_every > 0 and step % cadence.ckpt_every == 0
+    return periodic or step == cadence.max_steps or (validated and checkpoints.improves(metrics))
+
+
 def fit(
     accelerator: Accelerator,
     parts: Parts,
@@ -203,219 +406,59 @@ def fit(
     the next generator step boundary: a checkpoint of that step is written (unless one exists) and
     :class:`Interrupted` is raised, naming the step and the checkpoint.
     """
-    p = parts
+    p, clip = parts, cadence.grad_clip
+    step_options = {"fused": cadence.fused_gan_step, "grad_clip": clip}
     g_module = accelerator.unwrap_model(p.generator)
-    d_module = accelerator.unwrap_model(p.discriminator)
-    batches = iter(accelerator.skip_first_batches(loader, state.batches) if state.batches else loader)
-
-    def next_batch() -> dict[str, torch.Tensor]:
-        state.batches += 1
-        batch = next(batches)
-        if cadence.channels_last:
-            batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
-        return batch
-
-    history: dict[str, list[torch.Tensor]] = defaultdict(list)
-    counts: dict[str, int] = defaultdict(int)
-    bad_in_a_row = 0
-
-    def record(stats: dict[str, torch.Tensor]) -> None:
-        for key, value in stats.items():
-            history[key].append(value)
-
-    def account(ok: bool, what: str) -> None:
-        # A skipped step is counted and logged; too many in a row stop the run.
-        nonlocal bad_in_a_row
-        if ok:
-            bad_in_a_row = 0
-            return
-        bad_in_a_row += 1
-        state.nonfinite_total += 1
-        if accelerator.is_main_process:
-            log.warning("step %d: non-finite %s loss or gradient, optimizer step skipped", state.step, what)
-        if bad_in_a_row >= cadence.max_nonfinite:
-            last = find_checkpoint(checkpoints.root)
-            raise NonFiniteError(
-                f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient (at generator step "
-                f"{state.step}; trainer.max_nonfinite={cadence.max_nonfinite}). Last good checkpoint: "
-                f"{last or 'none yet'}. Lower the learning rate, set trainer.grad_clip, or check the data."
-            )
-
-    last_val: dict[str, float] = {}
-    bar = tqdm(
-        total=cadence.max_steps,
-        initial=state.step,
-        disable=not (accelerator.is_main_process and cadence.progress),
-        dynamic_ncols=True,
-        unit="step",
-        # Redirected to a file (CI, nohup), a redraw per step would fill the log with bars.
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,
-    )
-    tick, tick_step = time.perf_counter(), state.step
+    batches = _Batches(accelerator, loader, state, cadence.channels_last)
+    guard = _NonFiniteGuard(accelerator, state, cadence.max_nonfinite, checkpoints.root)
+    train_log = _TrainLog(accelerator, p, tracker, health, state.step)
+    bar = _progress_bar(accelerator, cadence, state)
     p.generator.train()
     p.discriminator.train()
-    micro, d_active, adversarial_weight = 0, False, 0.0
-    # The step of the last checkpoint this loop wrote or (resumed at state.step) started from.
-    saved_at = state.step
-    with contextlib.ExitStack() as scope:
-        scope.callback(bar.close)
-        if not bar.disable:
-            # Log records (validation results, warnings) printed above the bar instead of through it.
-            scope.enter_context(logging_redirect_tqdm())
-        if stop is not None:
-            stop.deferred = True
-            scope.callback(setattr, stop, "deferred", False)
+    last_val: dict[str, float] = {}
+    micro, d_active = 0, False
+    saved_at = state.step  # the step of the last checkpoint written here or (resumed) started from
+    with _loop_scope(bar, stop):
         while state.step < cadence.max_steps:
-            # A step boundary, outside a gradient-accumulation cycle: the state is whole here.
-            if stop is not None and micro == 0 and (signum := stop.agreed(accelerator)):
-                if state.step > 0 and saved_at != state.step:  # nothing to keep at step 0
-                    tracker.flush(timeout=5.0)
-                    checkpoints.save(state.step, {"run_id": state.run_id})
-                raise Interrupted(signum, state.step, checkpoint_steps(checkpoints.root).get(state.step))
+            if micro == 0:  # a step boundary, outside a gradient-accumulation cycle: the state is whole
+                _stop_if_signalled(stop, accelerator, state, tracker, checkpoints, saved_at)
             step = state.step
             adversarial = p.ramp.adversarial_phase(step)
-
             if adversarial and state.d_warmup_done < p.d_schedule.warmup_steps:
                 # D trains alone against the frozen generator; these are not generator steps.
-                batch = next_batch()
-                with accelerator.accumulate(p.discriminator):
-                    with torch.no_grad(), accelerator.autocast():
-                        sr = g_module(batch["lr"])
-                    stats, ok = discriminator_step(
-                        accelerator, p.discriminator, p.loss, p.optimizer_d, batch["hr"], sr, cadence.grad_clip
-                    )
-                record(stats)
-                if accelerator.sync_gradients:
-                    account(ok, "discriminator")
-                    state.d_warmup_done += 1
+                _discriminator_alone(accelerator, p, g_module, batches.next(), train_log, guard, clip, warmup=True)
                 continue
 
-            batch = next_batch()
+            batch = batches.next()
             adversarial_weight = p.loss.adversarial_weight * p.ramp(step)
+            if micro == 0:  # decided once per generator step, identically on every process
+                d_active = adversarial and p.d_schedule.due(step, p.ramp.pretrain_steps)
+            holdback = p.d_schedule.holdback if micro == 0 else None
             with accelerator.accumulate(p.generator, p.discriminator):
-                if micro == 0:
-                    # Decided once per generator step, identically on every process.
-                    d_active = adversarial and p.d_schedule.due(step, p.ramp.pretrain_steps)
-                    holdback = p.d_schedule.holdback
-                if d_active and cadence.fused_gan_step:
-                    result = gan_step(
-                        accelerator,
-                        p.generator,
-                        p.discriminator,
-                        p.loss,
-                        p.optimizer_g,
-                        p.optimizer_d,
-                        batch,
-                        adversarial_weight,
-                        cadence.grad_clip,
-                        holdback=holdback if micro == 0 else None,
-                        train_d=d_active,
-                    )
-                    stats, g_ok, d_ok = result.stats, result.g_stepped, result.d_stepped
-                    if micro == 0 and holdback is not None and not result.d_trained:
-                        d_active = False
-                        counts["d_held_back"] += 1
-                else:
-                    sr, stats, g_ok = generator_step(
-                        accelerator,
-                        p.generator,
-                        d_module,
-                        p.loss,
-                        p.optimizer_g,
-                        batch,
-                        adversarial_weight,
-                        cadence.grad_clip,
-                    )
-                    if micro == 0 and d_active and holdback is not None:
-                        gap = discriminator_confidence(accelerator, d_module, batch["hr"], sr)
-                        if gap > holdback:
-                            d_active = False
-                            counts["d_held_back"] += 1
-                    if d_active:
-                        d_stats, d_ok = discriminator_step(
-                            accelerator, p.discriminator, p.loss, p.optimizer_d, batch["hr"], sr, cadence.grad_clip
-                        )
-                        stats.update(d_stats)
-            if g_ok:  # a skipped step's (non-finite) losses would poison the logged means
-                record(stats)
+                result = update(
+                    accelerator, p, batch, adversarial_weight, train_d=d_active, holdback=holdback, **step_options
+                )
+            d_active = result.d_trained
+            train_log.record_update(result)
             if not accelerator.sync_gradients:
                 micro += 1
                 continue
             micro = 0
             if d_active:
-                account(d_ok, "discriminator")
+                guard.account(result.d_stepped, "discriminator")
                 for _ in range(p.d_schedule.steps_per_g - 1):
-                    extra = next_batch()
-                    with torch.no_grad(), accelerator.autocast():
-                        extra_sr = g_module(extra["lr"])
-                    d_stats, d_ok = discriminator_step(
-                        accelerator, p.discriminator, p.loss, p.optimizer_d, extra["hr"], extra_sr, cadence.grad_clip
-                    )
-                    record(d_stats)
-                    account(d_ok, "discriminator")
-            account(g_ok, "generator")
-            if not g_ok:
+                    _discriminator_alone(accelerator, p, g_module, batches.next(), train_log, guard, clip, warmup=False)
+            guard.account(result.g_stepped, "generator")
+            if not result.g_stepped:
                 continue  # not a generator step: nothing below advances
 
-            p.ema.update(g_module, step)
-            p.lr_g.step()
-            p.lr_d.step()
-            state.step += 1
-            bar.update(1)
-
+            _advance(p, g_module, state, step, bar)
             if _due(state.step, cadence.log_every, cadence.max_steps):
-                # Losses stay on the device between logs; one reduction here instead of a sync per step.
-                names = sorted(history)
-                means = accelerator.reduce(
-                    torch.stack([torch.stack(history[k]).mean() for k in names]), "mean"
-                ).tolist()
-                now = time.perf_counter()
-                rate = (state.step - tick_step) / max(now - tick, 1e-9)
-                logs = {f"train/{k}": v for k, v in zip(names, means)}
-                logs.update(
-                    {
-                        "train/adversarial_weight": adversarial_weight,
-                        "train/lr_g": p.optimizer_g.param_groups[0]["lr"],
-                        "train/lr_d": p.optimizer_d.param_groups[0]["lr"],
-                        "train/ema_decay": p.ema.decay_at(step),
-                        "train/steps_per_s": rate,
-                        "train/images_per_s": rate * batch["lr"].shape[0] * accelerator.num_processes,
-                        "train/nonfinite_skipped_total": state.nonfinite_total,
-                        "train/d_warmup_steps_done": state.d_warmup_done,
-                    }
-                )
-                if p.d_schedule.holdback is not None:
-                    logs["train/d_held_back"] = counts.pop("d_held_back", 0)
-                tracker.log_metrics(logs, state.step)
-                for name, message in health.update(state.step, logs).items():
-                    if accelerator.is_main_process:
-                        log.warning("GAN health: %s", message)
-                    tracker.set_tags({f"health.{name}": message})
-                bar.set_postfix(
-                    {
-                        k.split("/")[1]: f"{v:.4g}"
-                        for k, v in logs.items()
-                        if k.split("/")[1] in ("l1", "g_adversarial", "d_loss", "d_real_prob", "d_fake_prob")
-                    },
-                    refresh=False,
-                )
-                history.clear()
-                tick, tick_step = now, state.step
-
+                train_log.emit(state, step, adversarial_weight, batch["lr"].shape[0], bar)
             validated = _due(state.step, cadence.val_every, cadence.max_steps)
             if validated:
-                last_val, grid = validator(p.ema.module)
-                p.lr_g.observe(last_val)
-                p.lr_d.observe(last_val)
-                tracker.log_metrics(last_val, state.step)
-                if grid is not None and accelerator.is_main_process:
-                    tracker.log_image(grid, grid_artifact_file(state.step))
-                if accelerator.is_main_process:
-                    # Through the logger: Hydra's train.log keeps it (and the bar is redrawn below it).
-                    log.info("step %d: %s", state.step, validation_summary(last_val))
-
-            periodic = cadence.ckpt_every > 0 and state.step % cadence.ckpt_every == 0
-            if periodic or state.step == cadence.max_steps or (validated and checkpoints.improves(last_val)):
+                last_val = _validate(accelerator, p, validator, tracker, state.step)
+            if _checkpoint_due(cadence, state.step, validated, checkpoints, last_val):
                 # Metrics up to a checkpoint reach MLflow before it exists, so a run killed later and
                 # resumed from it has no hole in its curves (bounded wait: a server outage must not stall).
                 tracker.flush(timeout=5.0)

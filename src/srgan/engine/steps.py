@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -208,52 +209,23 @@ def gan_step(
     first micro-batch decided).
     """
     adversarial = loss.adversarial
-    hr = batch["hr"]
     # fp16: G's loss goes through D in G's own backward pass, scaled as accelerate scales it.
     through_d = adversarial_weight > 0 and accelerator.mixed_precision == "fp16"
-    with accelerator.autocast():
-        sr = generator(batch["lr"])
-        total, stats = loss.content(sr, hr)
-        content = total
-        real, interp = _discriminator_inputs(adversarial, hr, sr)
-        fake = sr if through_d else sr.detach().requires_grad_(adversarial_weight > 0)
-        real_logits = discriminator(real if interp is None else torch.cat([real, interp]))
-        fake_logits = discriminator(fake)
-    interp_logits = None
-    if interp is not None:
-        real_logits, interp_logits = real_logits.split(hr.shape[0])
+    passes = _shared_forward(accelerator, generator, discriminator, loss, batch, adversarial_weight, through_d)
     if train_d and holdback is not None:
-        train_d = probability_gap(accelerator, real_logits, fake_logits) <= holdback
+        train_d = probability_gap(accelerator, passes.real_logits, passes.fake_logits) <= holdback
     d_total, d_stats = _discriminator_losses(
-        adversarial, real_logits, fake_logits, interp_logits, real, interp, train=train_d
+        adversarial, passes.real_logits, passes.fake_logits, passes.interp_logits, passes.real, passes.interp, train_d
     )
-    g_adv = None
+    stats, total, g_adv = passes.stats, passes.content, None
     if adversarial_weight > 0:
-        g_adv = adversarial.generator_loss(fake_logits, real_logits)
+        g_adv = adversarial.generator_loss(passes.fake_logits, passes.real_logits)
         total = total + adversarial_weight * g_adv
         stats["g_adversarial"] = g_adv.detach()
     stats["g_total"] = total.detach()
     stats.update(d_stats)
-    d_logit_grad: list[torch.Tensor] = []
-    from_d_pass = False
-    if d_total is not None:
-        inputs = list(discriminator.parameters())
-        if g_adv is not None and not through_d:
-            inputs.append(fake)  # carry D's backward pass on to SR for G's gradient
-            fake_logits.register_hook(d_logit_grad.append)
-        accelerator.backward(d_total, inputs=inputs, retain_graph=g_adv is not None)
-    if g_adv is None or through_d:
-        accelerator.backward(total, inputs=list(generator.parameters()))
-    else:
-        (g_logit_grad,) = torch.autograd.grad(adversarial_weight * g_adv, fake_logits, retain_graph=True)
-        sr_grad = _rescaled_input_grad(fake, fake_logits, d_logit_grad, g_logit_grad)
-        from_d_pass = sr_grad is not None
-        if sr_grad is None:
-            (sr_grad,) = torch.autograd.grad(fake_logits, fake, g_logit_grad)
-        # Content losses plus <SR, dLoss_adv/dSR>: the same gradient for G, through accelerate's scaling.
-        accelerator.backward(
-            content + (sr.float() * sr_grad.detach().float()).sum(), inputs=list(generator.parameters())
-        )
+    weighted = None if g_adv is None else adversarial_weight * g_adv
+    from_d_pass = _shared_backward(accelerator, generator, discriminator, passes, total, d_total, weighted)
     if g_adv is not None:
         # Logged as train/g_adv_second_pass: the share of steps that paid for a second pass through D.
         stats["g_adv_second_pass"] = torch.tensor(0.0 if from_d_pass else 1.0, device=total.device)
@@ -265,7 +237,83 @@ def gan_step(
         d_ok, d_norm = _finish(accelerator, discriminator, optimizer_d, d_total, grad_clip)
         if d_norm is not None:
             stats["d_grad_norm"] = d_norm
-    return GANStepResult(sr.detach(), stats, g_ok, train_d, d_ok, from_d_pass)
+    return GANStepResult(passes.sr.detach(), stats, g_ok, train_d, d_ok, from_d_pass)
+
+
+@dataclass
+class _SharedPasses:
+    """The forward passes :func:`gan_step` shares: G on LR, the content losses, D on real and on SR."""
+
+    sr: torch.Tensor
+    content: torch.Tensor
+    stats: dict[str, torch.Tensor]
+    real: torch.Tensor
+    interp: torch.Tensor | None
+    fake: torch.Tensor
+    real_logits: torch.Tensor
+    fake_logits: torch.Tensor
+    interp_logits: torch.Tensor | None
+    through_d: bool
+
+
+def _shared_forward(
+    accelerator: Accelerator,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    loss: CompositeLoss,
+    batch: dict[str, torch.Tensor],
+    adversarial_weight: float,
+    through_d: bool,
+) -> _SharedPasses:
+    """SR, its content losses, and D's logits on real HR (with the WGAN-GP interpolates) and on SR;
+    ``fake`` is SR itself when G's loss goes through D (``through_d``), else a detached leaf."""
+    hr = batch["hr"]
+    with accelerator.autocast():
+        sr = generator(batch["lr"])
+        content, stats = loss.content(sr, hr)
+        real, interp = _discriminator_inputs(loss.adversarial, hr, sr)
+        fake = sr if through_d else sr.detach().requires_grad_(adversarial_weight > 0)
+        real_logits = discriminator(real if interp is None else torch.cat([real, interp]))
+        fake_logits = discriminator(fake)
+    interp_logits = None
+    if interp is not None:
+        real_logits, interp_logits = real_logits.split(hr.shape[0])
+    return _SharedPasses(sr, content, stats, real, interp, fake, real_logits, fake_logits, interp_logits, through_d)
+
+
+def _shared_backward(
+    accelerator: Accelerator,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    passes: _SharedPasses,
+    total: torch.Tensor,
+    d_total: torch.Tensor | None,
+    g_adv: torch.Tensor | None,
+) -> bool:
+    """D's backward pass (carried on to SR when G needs it) and G's; returns whether G's adversarial
+    gradient came from D's pass (``total``: G's loss; ``g_adv``: its weighted adversarial term, None
+    without one)."""
+    sr, fake, fake_logits = passes.sr, passes.fake, passes.fake_logits
+    d_logit_grad: list[torch.Tensor] = []
+    if d_total is not None:
+        inputs = list(discriminator.parameters())
+        if g_adv is not None and not passes.through_d:
+            inputs.append(fake)  # carry D's backward pass on to SR for G's gradient
+            fake_logits.register_hook(d_logit_grad.append)
+        accelerator.backward(d_total, inputs=inputs, retain_graph=g_adv is not None)
+    if g_adv is None or passes.through_d:
+        accelerator.backward(total, inputs=list(generator.parameters()))
+        return False
+    (g_logit_grad,) = torch.autograd.grad(g_adv, fake_logits, retain_graph=True)
+    sr_grad = _rescaled_input_grad(fake, fake_logits, d_logit_grad, g_logit_grad)
+    from_d_pass = sr_grad is not None
+    if sr_grad is None:
+        (sr_grad,) = torch.autograd.grad(fake_logits, fake, g_logit_grad)
+    # Content losses plus <SR, dLoss_adv/dSR>: the same gradient for G, through accelerate's scaling.
+    accelerator.backward(
+        passes.content + (sr.float() * sr_grad.detach().float()).sum(), inputs=list(generator.parameters())
+    )
+    return from_d_pass
 
 
 def _rescaled_input_grad(
@@ -303,3 +351,69 @@ def discriminator_confidence(
         logits = discriminator(torch.cat([hr, sr]))
     real, fake = logits.split(hr.shape[0])
     return probability_gap(accelerator, real, fake)
+
+
+@dataclass
+class Update:
+    """What :func:`update` did on one micro-batch of a generator step.
+
+    ``d_trained``: D was updated on it (False when it was not due, or held back); ``held_back``:
+    the holdback test skipped D's update (counted as ``train/d_held_back``).
+    """
+
+    stats: dict[str, torch.Tensor]
+    g_stepped: bool
+    d_trained: bool
+    d_stepped: bool
+    held_back: bool
+
+
+def update(
+    accelerator: Accelerator,
+    parts: Any,
+    batch: dict[str, torch.Tensor],
+    adversarial_weight: float,
+    *,
+    train_d: bool,
+    holdback: float | None,
+    fused: bool,
+    grad_clip: float | None,
+) -> Update:
+    """One micro-batch of a generator step as ``srgan-train`` runs it, and as the benchmarks time it.
+
+    ``parts`` (:class:`srgan.engine.loop.Parts`: the networks, their optimizers, the loss).
+    With D due (``train_d``) and ``fused``: :func:`gan_step` (G's and D's updates from shared D
+    passes); else :func:`generator_step` then, when due, :func:`discriminator_step` on the same SR.
+    ``holdback`` (the first micro-batch of a step only; None for the rest): D's update is skipped
+    when D(y) - D(G(x)) on this batch exceeds it; the fused step reads it from its own D pass, the
+    separate path from an extra no-grad pass.
+    """
+    if train_d and fused:
+        result = gan_step(
+            accelerator,
+            parts.generator,
+            parts.discriminator,
+            parts.loss,
+            parts.optimizer_g,
+            parts.optimizer_d,
+            batch,
+            adversarial_weight,
+            grad_clip,
+            holdback=holdback,
+            train_d=train_d,
+        )
+        held = holdback is not None and not result.d_trained
+        return Update(result.stats, result.g_stepped, result.d_trained, result.d_stepped, held)
+    d_module = accelerator.unwrap_model(parts.discriminator)
+    sr, stats, g_ok = generator_step(
+        accelerator, parts.generator, d_module, parts.loss, parts.optimizer_g, batch, adversarial_weight, grad_clip
+    )
+    held = train_d and holdback is not None
+    held = held and discriminator_confidence(accelerator, d_module, batch["hr"], sr) > holdback
+    d_ok = False
+    if train_d and not held:
+        d_stats, d_ok = discriminator_step(
+            accelerator, parts.discriminator, parts.loss, parts.optimizer_d, batch["hr"], sr, grad_clip
+        )
+        stats.update(d_stats)
+    return Update(stats, g_ok, train_d and not held, d_ok, held)

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import Dataset
 
-from srgan.metrics import SRMetrics
+from srgan.evaluation.metrics import SRMetrics
 from srgan.models.blocks import upsample_image
 from srgan.viz import comparison_grid, detail_score
 

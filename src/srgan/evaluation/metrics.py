@@ -10,6 +10,8 @@ over the valid pixels, SSIM as the mean of its map over the pixels whose whole 1
 valid (a window reaching into nodata would compare made-up zeros), pooled over all updates;
 ``pixels`` and ``ssim_pixels`` report how many were counted. Without nodata the numbers equal the
 unmasked ones (``tests/test_user_data.py``).
+
+:class:`BandLpips` measures LPIPS per band (each band as a grey image) on whole nodata-free tiles.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -139,3 +142,41 @@ class SRMetrics(nn.Module):
         self._ssim_count = self._pixels = 0
         for metric in [self.psnr, self.ssim, *self.band_psnr, *self.band_ssim] + ([self.sam] if self.sam else []):
             metric.reset()
+
+
+class BandLpips:
+    """LPIPS per band (each band as a grey image, like the loss without ``rgb_bands``) on 256 px tiles."""
+
+    def __init__(self, net: str, device: torch.device) -> None:
+        from srgan.losses.perceptual import LPIPSLoss
+
+        self.loss = LPIPSLoss(num_bands=1, net=net)
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(
+        self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[list[float], int]:
+        """Per-band LPIPS over the tiles that hold no nodata pixel (a network's receptive field
+        would see the zero fill), weighted by area; also the pixels those tiles cover."""
+        size = 256
+        h, w = pred.shape[-2:]
+        tiles = []
+        for r in range(0, h, size):
+            for c in range(0, w, size):
+                part = (slice(r, r + size), slice(c, c + size))
+                if min(pred[(0, *part)].shape) < 32:  # AlexNet's pooling needs some extent
+                    continue
+                if valid is not None and not bool(valid[part].all()):
+                    continue
+                tiles.append(part)
+        values = []
+        for b in range(pred.shape[0]):
+            parts, weights = [], []
+            for part in tiles:
+                p = pred[(slice(b, b + 1), *part)][None].to(self.device)
+                t = target[(slice(b, b + 1), *part)][None].to(self.device)
+                parts.append(float(self.loss(p.clamp(0, 1), t.clamp(0, 1))))
+                weights.append(p.shape[-2] * p.shape[-1])
+            values.append(float(np.average(parts, weights=weights)) if parts else math.nan)
+        return values, int(sum(pred[(0, *part)].numel() for part in tiles))

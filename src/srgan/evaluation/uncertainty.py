@@ -1,6 +1,7 @@
 """Per-pixel uncertainty: several SR samples per input, their mean and spread, and their calibration.
 
-Two ways to draw samples (``uncertainty.method``):
+Two ways to draw samples (the ``uncertainty`` config group, ``conf/uncertainty/``: each option names
+its class with ``_target_``; :func:`load_sampler` builds it with Hydra's ``instantiate``):
 
 - ``noise``: the stochastic generator (``generator=stochastic``) run ``samples`` times, sample k
   with the noise drawn from seed ``seed + k`` (reproducible, the same for every tile of a scene);
@@ -22,16 +23,19 @@ spread to the RMS error (1 when the spread has the error's size, below 1 when ov
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
+from srgan.engine.checkpoint import load_model
+from srgan.model_source import resolve_model
 from srgan.models.blocks import NoiseInjection
 
-METHODS = ("none", "noise", "ensemble")
 # Nominal central-interval levels of the reliability curve.
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6827, 0.8, 0.9, 0.95, 0.99)
 
@@ -117,21 +121,60 @@ def ensemble_sampler(model: Any, members: Sequence[Any]) -> SampleSpread:
     return SampleSpread([model.generator, *(m.generator for m in members)])
 
 
-def build_sampler(
-    model: Any, method: str, samples: int, seed: int, members: Sequence[str], load
-) -> SampleSpread | None:
-    """From the ``uncertainty`` config of ``srgan-infer`` / ``srgan-eval``; ``load`` resolves and loads a member."""
-    if method not in METHODS:
-        raise ValueError(f"uncertainty.method must be one of {METHODS}, got {method!r}")
-    if method == "none":
+@dataclass
+class NoSpread:
+    """``uncertainty=none``: a single pass, no spread. The two keys every option has:
+    ``std_scale`` (``srgan-infer`` multiplies the written spread by it) and ``calibrate_on`` (the split
+    ``srgan-eval`` fits that factor on; None: the raw spread only)."""
+
+    std_scale: float
+    calibrate_on: str | None
+
+    def sampler(self, model: Any, load: Callable[[str], Any]) -> SampleSpread | None:
         return None
-    if method == "noise":
-        if members:
-            raise ValueError("uncertainty.members is for method=ensemble; method=noise samples the model itself")
-        return noise_sampler(model.generator, samples, seed)
-    if not members:
-        raise ValueError("uncertainty=ensemble needs uncertainty.members=[<model folder or runs:/ URI>, ...]")
-    return ensemble_sampler(model, [load(m) for m in members])
+
+
+@dataclass
+class NoiseSpread(NoSpread):
+    """``uncertainty=noise``: ``samples`` draws of the model's stochastic generator, draw k with the
+    noise of seed ``seed + k``."""
+
+    samples: int
+    seed: int
+    members: list[str]
+
+    def sampler(self, model: Any, load: Callable[[str], Any]) -> SampleSpread:
+        if self.members:
+            raise ValueError(
+                "uncertainty.members is for uncertainty=ensemble; uncertainty=noise samples the model itself"
+            )
+        return noise_sampler(model.generator, self.samples or 0, self.seed)
+
+
+@dataclass
+class EnsembleSpread(NoSpread):
+    """``uncertainty=ensemble``: the model and the ``members`` (resolved and loaded by ``load``)."""
+
+    members: list[str]
+
+    def sampler(self, model: Any, load: Callable[[str], Any]) -> SampleSpread:
+        if not self.members:
+            raise ValueError("uncertainty=ensemble needs uncertainty.members=[<model folder or runs:/ URI>, ...]")
+        return ensemble_sampler(model, [load(m) for m in self.members])
+
+
+# The classes an ``uncertainty`` node may name: nothing else is instantiated from it.
+OPTIONS = {f"{__name__}.{c.__name__}" for c in (NoSpread, NoiseSpread, EnsembleSpread)}
+
+
+def load_sampler(model: Any, node: Any, tracking_uri: str | None) -> SampleSpread | None:
+    """The sampler an ``uncertainty`` config node asks for (None for uncertainty=none); members are
+    model folders, run folders or MLflow URIs, resolved like ``model``."""
+    target = node.get("_target_") if hasattr(node, "get") else None
+    if target not in OPTIONS:
+        raise ValueError(f"uncertainty._target_={target!r} is not an uncertainty option; use one of {sorted(OPTIONS)}")
+    option = instantiate(node, _convert_="all")
+    return option.sampler(model, lambda member: load_model(resolve_model(member, tracking_uri)))
 
 
 def interval_scale(
