@@ -304,3 +304,44 @@ def test_the_cli_starts_without_the_heavy_libraries():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "import []" in out.stdout and "help []" in out.stdout, out.stdout[-2000:]
     assert "experiment" in out.stdout  # --help printed the config groups
+
+
+def test_a_signal_arriving_while_a_log_record_is_flushed_is_noted_without_a_logging_error(capfd):
+    """The deferred-stop notice is written from the signal handler itself. A signal can arrive while
+    the main thread is inside a log handler's flush (seen in CI: 'reentrant call inside
+    BufferedWriter', then a '--- Logging error ---' traceback in the run's output); the notice must not
+    go through logging there."""
+    import logging
+    import signal as signals
+
+    from srgan.engine.loop import StopSignals
+
+    stop = StopSignals()
+    stop.deferred = True
+
+    class Stream:
+        flushing = False
+
+        def write(self, text):
+            if self.flushing:
+                raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+
+        def flush(self):
+            self.flushing = True
+            try:
+                if stop.signum is None:
+                    stop._handle(signals.SIGTERM, None)  # the signal lands mid-flush
+            finally:
+                self.flushing = False
+
+    handler = logging.StreamHandler(Stream())
+    logger = logging.getLogger("srgan")
+    logger.addHandler(handler)
+    try:
+        logging.getLogger("srgan.engine.loop").warning("step 1: val PSNR ...")
+    finally:
+        logger.removeHandler(handler)
+    err = capfd.readouterr().err
+    assert stop.signum == signals.SIGTERM
+    assert "Logging error" not in err and "Traceback" not in err, err
+    assert "SIGTERM: stopping at the end of this step with a checkpoint" in err

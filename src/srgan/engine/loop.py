@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -106,10 +107,14 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.deferred and self.signum is None:
             self.signum = signum
-            log.warning(
-                "%s: stopping at the end of this step with a checkpoint (send it again to stop at once, without one)",
-                signal.Signals(signum).name,
+            # Straight to file descriptor 2, not through logging: the signal may have landed inside a
+            # log handler's write or flush, and re-entering that stream raises (a "Logging error").
+            notice = (
+                f"\n{signal.Signals(signum).name}: stopping at the end of this step with a checkpoint "
+                "(send it again to stop at once, without one)\n"
             )
+            with contextlib.suppress(OSError):
+                os.write(2, notice.encode())
             return
         raise Interrupted(signum)
 
