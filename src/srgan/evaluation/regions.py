@@ -87,9 +87,10 @@ class _SpreadTally:
         self.timing = {"single_pass_s": 0.0, "sampled_s": 0.0}
 
     def update(self, mean: torch.Tensor, std: torch.Tensor, hr: torch.Tensor, crop: tuple, inside: torch.Tensor):
-        self.calibration.update(mean[crop][:, inside], std[crop][:, inside], hr[crop][:, inside])
+        m, sd, t = mean[crop][:, inside], std[crop][:, inside], hr[crop][:, inside]
+        self.calibration.update(m, sd, t)
         if self.recalibrated is not None:
-            self.recalibrated.update(mean[crop][:, inside], std[crop][:, inside] * self.std_scale, hr[crop][:, inside])
+            self.recalibrated.update(m, sd * self.std_scale, t)
 
     def report(self) -> dict[str, Any]:
         timing = self.timing
