@@ -12,7 +12,7 @@ PORT ?= 5000
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,benchmark,taco]'
 	touch $(INSTALLED)
 
 install: $(INSTALLED)
