@@ -67,13 +67,13 @@ def test_eval_cli_writes_metrics_and_logs_them_to_the_run(trained_run):
     assert report["results"]["nearest"]["psnr"] < report["results"]["bicubic"]["psnr"]
     bands = ["B04", "B03", "B02", "B08"]
     sr = report["results"]["sr"]
-    expected = {"lpips", "ergas", "synthesis_l1", "synthesis_ratio", "improvement", "omission", "hallucination"}
+    expected = {"lpips", "ergas", "synthesis_l1", "synthesis_ratio", "improvement_share", "omission_share", "hallucination_share"}
     expected |= {"consistency_reflectance_l1", "consistency_spectral_sam_deg", "consistency_spatial_shift_px"}
     expected |= {f"{m}_{b}" for m in ("ssim", "lpips", "ergas") for b in bands}
     expected |= {"ndvi_mae", "ndvi_rmse", "ndwi_mae", "ndwi_rmse", "kmeans6_agreement", "water_agreement", "water_iou"}
     assert expected <= set(sr)
     assert 0 < sr["kmeans6_agreement"] <= 1 and 0 <= sr["ndvi_mae"] < 0.5
-    assert sr["improvement"] + sr["omission"] + sr["hallucination"] == pytest.approx(1.0)
+    assert sr["improvement_share"] + sr["omission_share"] + sr["hallucination_share"] == pytest.approx(1.0)
     assert report["results"]["bicubic"]["synthesis_l1"] < 1e-6  # bicubic adds nothing over bicubic
     assert (tmp / "run" / "eval.png").stat().st_size > 10_000
     client = MlflowClient(uri)

@@ -22,13 +22,33 @@ def scene(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def test_correctness_classifies_the_three_cases():
     hr, lr = scene()
     up = upsample_image(lr[None], 4, "bicubic")[0]
-    assert correctness(hr, lr, hr, 4, min_reference=0.0)["improvement"] == 1.0  # SR = HR
-    assert correctness(up, lr, hr, 4, min_reference=0.0)["omission"] == 1.0  # SR = bicubic: nothing added
+    assert correctness(hr, lr, hr, 4, min_reference=0.0)["improvement_share"] == 1.0  # SR = HR
+    assert correctness(up, lr, hr, 4, min_reference=0.0)["omission_share"] == 1.0  # SR = bicubic: nothing added
     g = torch.Generator().manual_seed(5)
     invented = up + 0.2 * (torch.rand(up.shape, generator=g) - 0.5)  # detail that is in neither
     shares = correctness(invented, lr, hr, 4, min_reference=0.0)
-    assert shares["hallucination"] > 0.9
-    assert math.isclose(shares["improvement"] + shares["omission"] + shares["hallucination"], 1.0)
+    assert shares["hallucination_share"] > 0.9
+    assert math.isclose(shares["improvement_share"] + shares["omission_share"] + shares["hallucination_share"], 1.0)
+
+
+def test_detail_added_where_hr_has_none_counts_as_hallucination():
+    """Where HR equals bicubic(LR) there is nothing to improve, and any detail SR adds there is
+    invented: those pixels must be counted (as opensr-test's mask does: any of the three distances
+    above the threshold), not dropped because HR is close to bicubic."""
+    g = torch.Generator().manual_seed(6)
+    lr = 0.2 + 0.1 * torch.rand(3, 16, 16, generator=g)
+    up = upsample_image(lr[None], 4, "bicubic")[0]
+    sign = torch.randint(0, 2, up.shape, generator=g) * 2 - 1
+    detail = sign * (0.01 + 0.02 * torch.rand(up.shape, generator=g))  # every pixel moves by >= 0.01
+    hr = up.clone()
+    hr[..., 32:] += detail[..., 32:]  # right half: real detail, which SR reproduces
+    sr = up + detail  # left half: the same kind of detail, invented
+    shares = correctness(sr, lr, hr, 4)
+    assert shares["correctness_pixels"] == 64 * 64
+    assert shares["hallucination_share"] == pytest.approx(0.5, abs=0.02)
+    assert shares["improvement_share"] == pytest.approx(0.5, abs=0.02)
+    # Pixels where no image differs from another by the threshold are the ones left out.
+    assert correctness(up, lr, up, 4)["correctness_pixels"] == 0
 
 
 def test_consistency_of_a_perfect_and_of_a_shifted_sr():

@@ -1,23 +1,36 @@
-"""Measures of what a super-resolution model did to the LR image, after the opensr-test benchmark.
+"""srgan's own fidelity measures of what a super-resolution model did to the LR image.
 
-Definitions follow Aybar et al., "A Comprehensive Benchmark for Optical Remote Sensing Image
-Super-Resolution", IEEE GRSL 21, 2024, and the `opensr-test` package (>= 0.2) that implements it:
+They follow the ideas of the opensr-test benchmark (Aybar et al., "A Comprehensive Benchmark for
+Optical Remote Sensing Image Super-Resolution", IEEE GRSL 21, 2024) but are not its numbers: for
+those, ``srgan-eval benchmark=opensr_test`` runs the package itself (:mod:`.benchmark`). These are
+computed on srgan's own terms (the evaluation's border and nodata mask, the dataset's degradation):
 
-- **consistency**: the SR image degraded back to the LR grid (with the dataset's degradation, noise
-  and random misregistration left out) against the LR input: ``reflectance`` error (mean absolute
-  difference), ``spectral`` error (spectral angle, degrees) and ``spatial`` error (the sub-pixel
-  shift between the two found by phase correlation, in LR pixels; opensr-test matches keypoints
-  with LightGlue instead, which needs downloaded weights).
+- **consistency**: the SR image degraded back to the LR grid with the dataset's own degradation
+  (noise and random misregistration left out) against the LR input: ``reflectance`` error (mean
+  absolute difference), ``spectral`` error (spectral angle, degrees) and ``spatial`` error (the
+  sub-pixel shift between the two, by phase correlation over all bands, in LR pixels).
 - **synthesis**: the high-frequency detail the model added, mean ``|SR - bicubic(LR)|``, and the
   same relative to the detail that HR has over bicubic (``synthesis_ratio``: 0 adds nothing, 1 adds
   as much as there really is).
-- **correctness**: per pixel, with ``d_ref = |bicubic(LR) - HR|``, ``d_im = |SR - HR| / d_ref`` and
-  ``d_om = |SR - bicubic(LR)| / d_ref`` (L1 over bands), the scores
+- **correctness shares**: per pixel, with ``d_ref = |bicubic(LR) - HR|``, ``d_im = |SR - HR| / d_ref``
+  and ``d_om = |SR - bicubic(LR)| / d_ref`` (L1, mean over bands), the scores
   ``improvement = d_im + d_om (1 - exp(-l_im H))``, ``omission = d_om + d_im (1 - exp(-l_om H))`` with
   ``H = d_im + d_om - 1``, and ``hallucination = exp(-l_ha d_im d_om)``; each pixel is classified by
-  its lowest score and the shares are reported. ``l_im = l_om = 0.8``, ``l_ha = 0.4`` (opensr-test's
-  defaults). Only pixels where HR differs from bicubic by at least ``min_reference`` count
-  (elsewhere there is nothing to improve; opensr-test masks low-gradient pixels for the same reason).
+  its lowest score and the shares of pixels are reported (``improvement_share``, ...), with
+  ``l_im = l_om = 0.8``, ``l_ha = 0.4`` (opensr-test 0.2's values). A pixel counts when any of the
+  three distances ``|up - HR|``, ``|SR - HR|``, ``|SR - up|`` reaches ``min_reference``: a pixel where
+  HR is close to bicubic but SR is not is where added detail is invented, so it must count.
+
+How they differ from opensr-test 1.3.3's defaults (``opensr_test.Config()``), so that neither is
+mistaken for the other: opensr-test first harmonises SR to HR (histogram matching, then a
+phase-correlation alignment), upsamples LR bilinearly with antialiasing (here: bicubic) and takes
+SR to LR bilinearly with antialiasing (here: the dataset's degradation), crops 16 HR pixels (here:
+``srgan-eval border=``, 4), measures correctness with the normalised difference ``nd`` (here: L1),
+scores with lambda 0.05 / 0.05 / 0.05 and reports softmin-weighted (T = 0.25) mean scores
+``im_metric``/``om_metric``/``ha_metric`` (here: hard-argmin pixel shares), masks pixels where every
+distance is below the 75th percentile of ``d_ref`` (here: an absolute ``min_reference``), and finds
+the spatial shift on the RGB bands with satalign's phase correlation. It has no nodata mask; these
+measures count only pixels that hold data.
 
 All inputs are ``(bands, H, W)`` tensors in physical units (e.g. reflectance); ``border`` HR pixels
 are ignored at each edge. An optional ``valid`` ``(H, W)`` mask (HR grid; ``lr_valid`` on the LR
@@ -133,23 +146,22 @@ def correctness(
     min_reference: float = 0.002,
     valid: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Shares of the counted pixels classified as improvement, omission and hallucination."""
+    """Shares of the counted pixels classified as improvement, omission and hallucination; a pixel
+    counts when any of its three distances reaches ``min_reference`` (physical units)."""
     up = upsample_image(lr[None], scale, "bicubic")[0]
     d_ref = _crop((up - hr).abs().mean(0), border)
-    d_im = _crop((sr - hr).abs().mean(0), border) / d_ref.clamp_min(1e-12)
-    d_om = _crop((sr - up).abs().mean(0), border) / d_ref.clamp_min(1e-12)
-    counted = (d_ref >= min_reference) & _crop(_valid(hr, valid), border)
+    to_hr = _crop((sr - hr).abs().mean(0), border)
+    added = _crop((sr - up).abs().mean(0), border)
+    moved = torch.maximum(torch.maximum(d_ref, to_hr), added) >= min_reference
+    counted = moved & _crop(_valid(hr, valid), border)
     n = int(counted.sum())
+    keys = ("improvement_share", "omission_share", "hallucination_share")
     if n == 0:
-        return {"improvement": math.nan, "omission": math.nan, "hallucination": math.nan, "correctness_pixels": 0}
-    label = correctness_scores(d_im[counted], d_om[counted]).argmin(0)
+        return {**dict.fromkeys(keys, math.nan), "correctness_pixels": 0}
+    reference = d_ref[counted].clamp_min(1e-12)
+    label = correctness_scores(to_hr[counted] / reference, added[counted] / reference).argmin(0)
     shares = torch.bincount(label, minlength=3).double() / n
-    return {
-        "improvement": float(shares[0]),
-        "omission": float(shares[1]),
-        "hallucination": float(shares[2]),
-        "correctness_pixels": n,
-    }
+    return {**{k: float(v) for k, v in zip(keys, shares)}, "correctness_pixels": n}
 
 
 def ergas(

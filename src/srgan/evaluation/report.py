@@ -13,7 +13,7 @@ from typing import Any
 # the whole table goes to the run as an artifact (eval.json, eval_table.csv) instead of one
 # single-point chart per method and measure. Their keys have no "/": MLflow's run page shows such
 # metrics in its last section, after the train/ and val/ curves, and the runs table as columns.
-SUMMARY_METRICS = ("psnr", "ssim", "sam_deg", "lpips", "ergas", "hallucination")
+SUMMARY_METRICS = ("psnr", "ssim", "sam_deg", "lpips", "ergas", "hallucination_share")
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
