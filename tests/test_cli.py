@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 import subprocess
 import sys
@@ -67,7 +68,15 @@ def test_eval_cli_writes_metrics_and_logs_them_to_the_run(trained_run):
     assert report["results"]["nearest"]["psnr"] < report["results"]["bicubic"]["psnr"]
     bands = ["B04", "B03", "B02", "B08"]
     sr = report["results"]["sr"]
-    expected = {"lpips", "ergas", "synthesis_l1", "synthesis_ratio", "improvement_share", "omission_share", "hallucination_share"}
+    expected = {
+        "lpips",
+        "ergas",
+        "synthesis_l1",
+        "synthesis_ratio",
+        "improvement_share",
+        "omission_share",
+        "hallucination_share",
+    }
     expected |= {"consistency_reflectance_l1", "consistency_spectral_sam_deg", "consistency_spatial_shift_px"}
     expected |= {f"{m}_{b}" for m in ("ssim", "lpips", "ergas") for b in bands}
     expected |= {"ndvi_mae", "ndvi_rmse", "ndwi_mae", "ndwi_rmse", "kmeans6_agreement", "water_agreement", "water_iou"}
@@ -259,3 +268,95 @@ def test_two_process_ddp_run_makes_one_folder_and_one_mlflow_run(tmp_path):
     checkpoint = tmp_path / "runs" / "ddp" / "checkpoints" / "step-00000004"
     assert {"rng_rank0.safetensors", "rng_rank1.safetensors"} <= {p.name for p in checkpoint.iterdir()}
     assert not list(checkpoint.glob("*.pkl")) and not list(checkpoint.glob("*.bin"))  # nothing pickled
+
+
+def _sample_images(rows: slice, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 128 px HR chips of the bundled Sentinel-2 sample (B04, B03, B02, B08) and their 4x4 means."""
+    with rasterio.open(Path(__file__).parents[1] / "data/sample/s2_l1c_T18SVG_20160112_10m_B02_B03_B04_B08.tif") as src:
+        data = src.read([3, 2, 1, 4])[:, rows]
+    hr = np.stack([data[:, :128, 128 * i : 128 * (i + 1)] for i in range(n)])
+    lr = hr.reshape(n, 4, 32, 4, 32, 4).mean(axis=(3, 5)).round().astype(np.uint16)
+    return lr, hr
+
+
+def test_eval_on_an_opensr_test_set_runs_the_package_beside_srgan_own_measures(trained_run, tmp_path):
+    import opensr_test
+
+    from srgan.models.blocks import upsample_image
+
+    tmp, uri = trained_run
+    lr, hr = _sample_images(slice(0, 128), n=4)
+    hr = hr.astype(np.float32)
+    lr = lr.astype(np.float32)
+    hr[3, :, 10:14, 20:30] = np.nan  # an image with pixels without data: opensr-test cannot mask them
+    root = tmp_path / "opensr"
+    root.mkdir()
+    (root / "naip.pkl").write_bytes(pickle.dumps({"L2A": lr, "HRharm": hr}))
+    out = run(
+        "srgan.evaluate",
+        f"model={tmp}/run",
+        "dataset=opensr_test",
+        "dataset.name=naip",
+        f"dataset.root={root}",
+        "benchmark=opensr_test",
+        f"output={tmp_path}/eval.json",
+        f"tracking.uri={uri}",
+        "lpips=null",
+    )
+    assert "opensr-test 1.3.3, mean ± std over 3 image(s); 1 image(s) with nodata left out" in out.stdout
+    assert "4 images of 128x128" in out.stdout
+    report = json.loads((tmp_path / "eval.json").read_text())
+    bench = report["benchmark"]
+    assert bench["version"] == "1.3.3" and bench["left_out_with_nodata"] == [f"{root}/naip.pkl[3]"]
+    assert set(bench["summary"]) == {"sr", "bicubic", "nearest"}
+    # srgan's own measures stay beside them, under their own names
+    assert {"improvement_share", "synthesis_l1", "psnr"} <= set(report["results"]["sr"])
+    # The baseline's numbers are the package's own on the same arrays, with its defaults.
+    for i in range(3):
+        lr_i, hr_i = torch.from_numpy(lr[i] / 10000), torch.from_numpy(hr[i] / 10000)
+        bicubic = upsample_image(lr_i[None], 4, "bicubic")[0]
+        expected = opensr_test.Metrics().compute(lr=lr_i, sr=bicubic, hr=hr_i)
+        got = bench["per_image"]["bicubic"][i]
+        assert got["image"] == f"{root}/naip.pkl[{i}]"
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
+    client = MlflowClient(uri)
+    (run_info,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
+    logged = run_info.data.metrics
+    assert logged["eval_test_opensr_test_im_metric"] == pytest.approx(bench["summary"]["sr"]["im_metric"]["mean"])
+    assert "eval_test_opensr_test_ha_metric_gain" in logged
+
+
+def test_eval_on_opensr_test_geotiff_folders_refuses_the_training_area(trained_run, tmp_path):
+    tmp, uri = trained_run
+    with rasterio.open(Path(__file__).parents[1] / "data/sample/s2_l1c_T18SVG_20160112_10m_B02_B03_B04_B08.tif") as src:
+        crs, transform = src.crs, src.transform
+    lr, hr = _sample_images(slice(0, 128), n=2)
+    root = tmp_path / "sets" / "spot"
+    for folder, stack, factor in (("L2A", lr, 4), ("hr_harmonized", hr, 1)):
+        (root / folder).mkdir(parents=True)
+        for i, image in enumerate(stack):
+            # where the chip lies in the sample (in its training columns), on the LR / HR grid
+            t = rasterio.transform.Affine(
+                transform.a * factor, 0, transform.c + 128 * i * transform.a, 0, transform.e * factor, transform.f
+            )
+            profile = dict(driver="GTiff", width=image.shape[2], height=image.shape[1], count=4, dtype="uint16")
+            with rasterio.open(root / folder / f"ROI_{i:02d}.tif", "w", **profile, crs=crs, transform=t) as dst:
+                dst.write(image)
+    common = [f"model={tmp}/run", "dataset=opensr_test", "dataset.name=spot", f"dataset.root={tmp_path / 'sets'}"]
+    out = run("srgan.evaluate", *common, f"tracking.uri={uri}", "log_to_mlflow=false", ok=False)
+    assert out.returncode == 2 and "overlaps the area model" in out.stderr and "ROI_00.tif" in out.stderr
+    out = run(
+        "srgan.evaluate",
+        *common,
+        "allow_train_overlap=true",
+        "benchmark=opensr_test",
+        "benchmark.methods=[sr]",
+        "lpips=null",
+        "figure=false",
+        f"output={tmp_path}/eval.json",
+        "log_to_mlflow=false",
+    )
+    bench = json.loads((tmp_path / "eval.json").read_text())["benchmark"]
+    assert list(bench["summary"]) == ["sr"] and bench["images"] == 2
+    assert bench["per_image"]["sr"][1]["image"].endswith("spot/hr_harmonized/ROI_01.tif")

@@ -2,6 +2,7 @@
 
 srgan-eval model=outputs/demo/<run>            # a run folder, its model/ folder, or runs:/<id>/model
 srgan-eval model=<run> dataset=raster dataset.path=scene.tif 'dataset.bands=[B04,B03,B02,B08]'
+srgan-eval model=<run> dataset=opensr_test dataset.name=naip dataset.root=<folder> benchmark=opensr_test
 
 This module only assembles: the measures are :mod:`srgan.evaluation` (what is computed, in which
 units, on which pixels: :mod:`srgan.evaluation.regions`). The table is printed, written to
@@ -25,6 +26,7 @@ from srgan.data.card import check_held_out, dataset_from_card
 from srgan.devices import pick_device
 from srgan.engine.checkpoint import ExportedModel, load_model
 from srgan.evaluation import report
+from srgan.evaluation.benchmark import load_benchmark
 from srgan.evaluation.regions import check_compatible, evaluate_regions, fit_std_scale, physical_units
 from srgan.evaluation.uncertainty import SampleSpread, load_sampler
 from srgan.model_source import resolve_model
@@ -75,13 +77,14 @@ def calibrated_scale(
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
 @user_errors("srgan-eval")
 def main(cfg: DictConfig) -> None:
-    options: EvalConfig = validate_entry_config(EvalConfig, cfg, ("dataset", "uncertainty", "tracking"))
+    options: EvalConfig = validate_entry_config(EvalConfig, cfg, ("dataset", "uncertainty", "benchmark", "tracking"))
     device = pick_device(options.device)
     model = load_model(resolve_model(options.model, cfg.tracking.uri))
     data = evaluation_data(cfg, options, model)
     sampler = load_sampler(model, cfg.uncertainty, cfg.tracking.uri)
     calibrate_on = cfg.uncertainty.get("calibrate_on")
     std_scale = calibrated_scale(sampler, calibrate_on, options, data, model, device)
+    benchmark = load_benchmark(cfg.benchmark, data.rgb_indices)
     regions = data.regions(options.split)
     results, first = evaluate_regions(
         model,
@@ -97,10 +100,13 @@ def main(cfg: DictConfig) -> None:
         sampler=sampler,
         clusters=options.clusters,
         std_scale=std_scale,
+        benchmark=benchmark,
     )
     units = physical_units(data.normalization, data.dtype)
     print("\n" + report.area_line(data, options.split, regions, options.border, units, results) + "\n")
     print(report.format_table(results))
+    if benchmark is not None:
+        print("\n" + benchmark.table())
     uncertainty = first.get("uncertainty")
     if uncertainty:
         print("\n" + "\n".join(report.uncertainty_lines(uncertainty, std_scale, calibrate_on)))
@@ -125,10 +131,13 @@ def main(cfg: DictConfig) -> None:
         figures=options.figure,
         std_scale=std_scale,
         calibrate_on=calibrate_on,
+        benchmark=benchmark.record() if benchmark is not None else None,
     )
     print(f"\nwritten to {', '.join(str(f) for f in files)}")
     if options.log_to_mlflow:
         extra = {f"uncertainty_{k}": float(v) for k, v in (uncertainty or {}).items() if isinstance(v, (int, float))}
+        if benchmark is not None:
+            extra.update(report.benchmark_metrics(benchmark.summary()))
         report.log_to_mlflow(cfg.tracking, model, data, options.split, results, files, extra)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+
+from srgan.safe_pickle import load_numpy_pickle
 
 # File names torchvision's IMAGENET1K_V1 weights use (torchvision.models.{vgg16,vgg19,alexnet}).
 HUB_FILES = {
@@ -75,26 +76,8 @@ def require_weights(network: str) -> Path:
     )
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Admits numpy arrays, dtypes and plain containers; anything else in the pickle is refused."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights file")
-        return super().find_class(module, name)
-
-
 def read_flax_checkpoint(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return _NumpyOnlyUnpickler(f).load()
+    return load_numpy_pickle(path)
 
 
 def convert(network: str, checkpoint: dict) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ import torch
 from srgan.data.datasets import Region
 from srgan.data.normalization import LinearScale, dtype_scale
 from srgan.engine.checkpoint import ExportedModel
+from srgan.evaluation.benchmark import OpenSRTestRun
 from srgan.evaluation.downstream import ThematicAgreement, index_errors
 from srgan.evaluation.fidelity import clean_degradation, consistency, correctness, ergas, match_histograms, synthesis
 from srgan.evaluation.metrics import BandLpips, SRMetrics
@@ -175,6 +176,7 @@ def evaluate_regions(
     sampler: SampleSpread | None = None,
     clusters: int = 6,
     std_scale: float | None = None,
+    benchmark: OpenSRTestRun | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Metrics of the model and of each baseline over normalised LR/HR regions, on the pixels that
     hold data only (:func:`evaluation_mask`; ``pixels`` counts them, ``pixels_total`` the cropped
@@ -182,7 +184,8 @@ def evaluate_regions(
     ``first`` also holds ``uncertainty``: its calibration against HR, the reliability curve and the
     time per area of a single pass and of the sampled pass; with ``std_scale`` (fitted elsewhere,
     e.g. on the validation split) also the calibration of the spread times that factor
-    (``recalibrated_*``)."""
+    (``recalibrated_*``). With a ``benchmark`` (:mod:`.benchmark`), every region is also one image
+    of the opensr-test package's measures, whole (opensr-test crops its own border)."""
     to_physical = physical_converter(data)
     names, scale = data.band_names, model.scale
     pooled = {m: SRMetrics(names, border, per_band_ssim=True, masked=True) for m in METHODS}
@@ -192,7 +195,7 @@ def evaluate_regions(
     first: dict[str, Any] = {}
     tally = _SpreadTally(sampler, std_scale) if sampler is not None else None
     total_pixels = 0
-    for region in regions:
+    for index, region in enumerate(regions):
         valid = evaluation_mask(region, scale)
         predictions, single_pass_s = _predictions(model, region.lr, tile, overlap, batch_size, device)
         if tally is not None:
@@ -217,6 +220,12 @@ def evaluate_regions(
             if histogram_match and method == "sr":  # as srgan-infer histogram_match=true would write it
                 pred = match_histograms(pred, lr, reference_valid=region.lr_valid, source_valid=valid)
             pooled[method].update(pred[None], hr[None], valid[None])
+            if benchmark is not None and benchmark.wants(method):
+                image = region.source or f"{data.path} region {index}"
+                if bool(valid.all()):
+                    benchmark.update(method, lr, pred, hr, image)
+                else:
+                    benchmark.left_out_image(image)
             context = {"scale": scale, "border": border, "names": names, "lpips": lpips, "degrade": degrade}
             values, shares, counted, lpips_pixels = _measure(
                 pred, lr, hr, region, valid, crop, inside, thematic=thematic, **context

@@ -30,7 +30,11 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def area_line(data: Any, split: str, regions: list, border: int, units: Any, results: dict) -> str:
     """Where the numbers come from: the area, its units and how many pixels were measured."""
-    size = " + ".join(f"{r.hr.shape[-2]}x{r.hr.shape[-1]}" for r in regions)
+    sizes = [f"{r.hr.shape[-2]}x{r.hr.shape[-1]}" for r in regions]
+    if len(sizes) > 3:  # e.g. a benchmark set's images
+        size = f"{len(sizes)} images of " + ", ".join(sorted(set(sizes)))
+    else:
+        size = " + ".join(sizes)
     counted, total = int(results["sr"]["pixels"]), int(results["sr"]["pixels_total"])
     return (
         f"{data.name} / {split} area ({size} HR px, x{data.scale}, border {border} px); "
@@ -88,6 +92,7 @@ def write_report(
     figures: bool,
     std_scale: float | None = None,
     calibrate_on: str | None = None,
+    benchmark: dict[str, Any] | None = None,
 ) -> list[Path]:
     """``eval.json`` (``summary`` plus the results and SR's gain over bicubic), its CSV table and,
     with ``figures``, ``eval.png`` and (with a sampled spread) the reliability plot; returns the files."""
@@ -99,6 +104,8 @@ def write_report(
     }
     if uncertainty:
         report["uncertainty"] = uncertainty
+    if benchmark:
+        report["benchmark"] = benchmark
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     files = [output, write_table(results, output.with_name(output.stem + "_table.csv"))]
@@ -126,6 +133,16 @@ def summary_metrics(results: dict[str, dict[str, float]], split: str) -> dict[st
         out[f"eval_{split}_{key}_gain"] = sr - bicubic
     out[f"eval_{split}_pixels"] = results["sr"]["pixels"]
     return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def benchmark_metrics(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """SR's opensr-test means (``opensr_test_<measure>``) and their gain over bicubic, for MLflow."""
+    out = {}
+    for key, value in summary.get("sr", {}).items():
+        out[f"opensr_test_{key}"] = value["mean"]
+        if "bicubic" in summary:
+            out[f"opensr_test_{key}_gain"] = value["mean"] - summary["bicubic"][key]["mean"]
+    return out
 
 
 def log_to_mlflow(
