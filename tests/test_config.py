@@ -28,7 +28,12 @@ def test_every_group_has_an_option():
 
 @pytest.mark.parametrize(
     "group,option",
-    [(g, o) for g in GROUPS for o in options(g) if not (g == "dataset" and o in ("raster", "paired_folder"))],
+    [
+        (g, o)
+        for g in GROUPS
+        for o in options(g)
+        if not (g == "dataset" and o in ("raster", "paired_folder", "opensr_test"))
+    ],
 )
 def test_every_option_composes_validates_and_instantiates(group, option):
     cfg = compose_config("train", [f"{group}={option}", "generator.n_channels=8", "generator.n_blocks=1"])
@@ -193,3 +198,30 @@ def test_an_uncertainty_node_builds_only_an_uncertainty_option():
         load_sampler(None, node, None)
     none = OmegaConf.load(CONF_DIR / "uncertainty" / "none.yaml")
     assert load_sampler(None, none, None) is None
+
+
+@pytest.mark.parametrize("option", options("benchmark"))
+def test_every_benchmark_option_composes_and_builds_with_the_opensr_test_set(option, tmp_path):
+    """dataset=opensr_test is evaluation data (srgan-eval), composed with every benchmark option."""
+    import pickle
+
+    import numpy as np
+
+    from srgan.config import EvalConfig, validate_entry_config
+    from srgan.evaluation.benchmark import load_benchmark
+
+    hr = np.full((2, 4, 64, 64), 1200, dtype=np.uint16)
+    (tmp_path / "spot.pkl").write_bytes(pickle.dumps({"L2A": hr[:, :, ::4, ::4].copy(), "HRharm": hr}))
+    overrides = [
+        "model=x",
+        f"benchmark={option}",
+        "dataset=opensr_test",
+        "dataset.name=spot",
+        f"dataset.root={tmp_path}",
+    ]
+    cfg = compose_config("eval", overrides)
+    validate_entry_config(EvalConfig, cfg, ("dataset", "uncertainty", "benchmark", "tracking"))
+    data = instantiate(cfg.dataset, _convert_="all")
+    assert len(data.regions("test")) == 2 and data.band_names == ["B04", "B03", "B02", "B08"]
+    built = load_benchmark(cfg.benchmark, data.rgb_indices)
+    assert (built is None) == (option == "none")

@@ -217,7 +217,7 @@ class OpenSRTestData(_HeldOutAreas):
         if tuple(hr_shape) != (lr_shape[0] * self.scale, lr_shape[1] * self.scale):
             raise RasterError(
                 f"{where}: HR {tuple(hr_shape)} is not x{self.scale} of LR {tuple(lr_shape)} "
-                f"(opensr-test's {self.name} is x{SETS[self.name]}; dataset.scale sets another)"
+                f"(dataset.scale={self.scale}; opensr-test's {self.name} is x{SETS[self.name]})"
             )
 
     # -- what srgan-eval reads ----------------------------------------------------------------------
