@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from hydra.utils import instantiate
 from rasterio.windows import Window
@@ -324,6 +325,45 @@ def test_paired_folder_errors_name_the_region(tmp_path):
         paired(tmp_path / "nowhere")
     with pytest.raises(RasterError, match=r"band index 5 is out of range"):
         paired(sen2naip(tmp_path / "ok", regions=4), bands=[1, 2, 3, 5])
+
+
+def test_paired_folder_band_names_fill_in_where_the_files_have_none_and_never_rename(tmp_path):
+    bare = sen2naip(tmp_path / "bare")
+    assert paired(bare).band_names == ["band1", "band2", "band3", "band4"]  # null: as before
+    data = paired(bare, band_names=["R", "G", "B", "NIR"], rgb_bands=["R", "G", "B"])
+    assert data.band_names == ["R", "G", "B", "NIR"] and data.rgb_indices == [0, 1, 2]
+    assert all(hr.band_names == ["R", "G", "B", "NIR"] for pairs in data.pairs.values() for _, hr in pairs)
+    named = tmp_path / "named"
+    for folder in sorted(bare.iterdir()):
+        for image in ("lr.tif", "hr.tif"):
+            (named / folder.name).mkdir(parents=True, exist_ok=True)
+            with rasterio.open(folder / image) as src:
+                write_geotiff(named / folder.name / image, src.read(), ["B04", "B03", "B02", "B08"], src.res[0])
+    # The files' own names: agreeing band_names pass, and bands select by name.
+    assert paired(named, band_names=["B04", "B03", "B02", "B08"]).band_names == ["B04", "B03", "B02", "B08"]
+    by_name = paired(named, bands=["B08", "B04"], num_bands=2, band_names=None)
+    assert by_name.band_names == ["B08", "B04"]
+    with pytest.raises(RasterError) as err:
+        paired(named, band_names=["R", "G", "B", "NIR"])
+    message = str(err.value)
+    assert str(named / "ROI_0000" / "hr.tif") in message
+    assert "['B04', 'B03', 'B02', 'B08']" in message and "['R', 'G', 'B', 'NIR']" in message
+    with pytest.raises(ValueError, match=r"dataset.band_names must name each of the 4 dataset.bands"):
+        paired(bare, band_names=["R", "G", "B"])
+
+
+def test_the_paired_folder_config_names_rgbn_and_interpolates_the_band_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("SRGAN_CACHE_DIR", str(tmp_path / "cache"))
+    root = sen2naip(tmp_path / "pairs", regions=24, size=32)
+    cfg = compose_config("train", ["dataset=paired_folder", f"dataset.root={root}"])
+    assert cfg.dataset.band_names == ["R", "G", "B", "NIR"] and cfg.generator.in_channels == 4
+    assert instantiate(cfg.dataset, _convert_="all").band_names == ["R", "G", "B", "NIR"]
+    three = compose_config(
+        "train",
+        ["dataset=paired_folder", f"dataset.root={root}", "dataset.bands=[1,2,3]", "dataset.band_names=[R,G,B]"],
+    )
+    assert three.dataset.num_bands == three.generator.in_channels == 3
+    assert instantiate(three.dataset, _convert_="all").band_names == ["R", "G", "B"]
 
 
 # -- configs -----------------------------------------------------------------------------------

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from srgan.data.datasets import Area, PairedFolderData, RasterSRData, SyntheticSRData
+from srgan.data.taco import TacoPairsData
 
 KINDS: dict[str, type] = {
     "raster": RasterSRData,
     "paired_folder": PairedFolderData,
+    "taco_pairs": TacoPairsData,
     "synthetic": SyntheticSRData,
 }
 _BY_CLASS = {cls.__name__: kind for kind, cls in KINDS.items()}
@@ -43,7 +45,7 @@ def dataset_record(config: dict[str, Any], data: Any) -> dict[str, Any]:
     for key, value in config.items():
         if key in _NOT_RECORDED:
             continue
-        if key == "path" and kind == "raster":
+        if key == "path" and kind in ("raster", "taco_pairs"):
             value = [str(Path(p).resolve()) for p in ([value] if isinstance(value, str) else value)]
         elif key == "root":
             value = str(Path(value).resolve())

@@ -3,8 +3,9 @@
 - :class:`RasterSRData`: one or more GeoTIFFs; HR is the raster, LR is made by a degradation model.
   Training patches are read through rasterio windows (with the context the degradation needs),
   so a large raster is never loaded whole; the validation and test areas are read as blocks.
-- :class:`PairedFolderData`: real LR/HR pairs in the SEN2NAIP layout (``<root>/<region>/lr.tif``,
-  ``hr.tif``); whole regions are assigned to splits.
+- :class:`PairedData`: real LR/HR pairs, whole regions assigned to splits; its sources only list
+  their pairs: :class:`PairedFolderData` (the SEN2NAIP layout, ``<root>/<region>/lr.tif``,
+  ``hr.tif``) and :class:`srgan.data.taco.TacoPairsData` (the samples of TACO files).
 - :class:`SyntheticSRData`: generated images, for fast tests only.
 
 All of them split by area (never random overlapping windows), name the file and the problem when
@@ -16,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -147,7 +149,12 @@ class GeoTiffSource:
     mask (:func:`srgan.data.rasters.valid_pixels`: nodata where every band is at the nodata value or
     the file's mask says so; NaN in any band). ``nodata`` overrides the file's tag (a number) or
     ignores it (``"none"``). The file is opened lazily once per process, so the source can go to
-    DataLoader workers."""
+    DataLoader workers.
+
+    A GeoTIFF stored inside a container (a sample's member of a TACO file) is opened by the GDAL
+    path the container's reader gives (``/vsisubfile/<offset>_<size>,<file>``, or a file under a
+    TACO folder) with :meth:`member`; ``path`` is then the name messages use (``<file>/<sample>/hr``).
+    """
 
     def __init__(
         self, path: str | os.PathLike, bands: Sequence[str | int] | None, nodata: float | str | None = None
@@ -156,10 +163,48 @@ class GeoTiffSource:
         self.nodata_setting = parse_nodata(nodata, "dataset.nodata")
         if not self.path.is_file():
             raise RasterError(f"{self.path}: no such file")
+        self._open(str(self.path), self.path, bands)
+
+    @classmethod
+    def member(
+        cls,
+        gdal_path: str,
+        container: str | os.PathLike,
+        name: str | os.PathLike,
+        bands: Sequence[str | int] | None,
+        nodata: float | str | None = None,
+    ) -> GeoTiffSource:
+        """A GeoTIFF inside ``container`` (a file or folder on disk), opened by ``gdal_path``, named
+        ``name`` in messages. The path must point into the container: a ``/vsisubfile/`` range of
+        the container file, or a file under the container folder; anything else (a path that the
+        container's metadata made point elsewhere) is refused."""
+        container = Path(container)
+        if gdal_path.startswith("/vsisubfile/"):
+            target = gdal_path.partition(",")[2]
+            if not re.fullmatch(r"/vsisubfile/\d+_\d+,.+", gdal_path) or Path(target) != container:
+                raise RasterError(f"{name}: its data path {gdal_path!r} does not point into {container}")
+            on_disk = container
+        else:
+            on_disk = Path(gdal_path).resolve()
+            if gdal_path.startswith("/vsi") or not on_disk.is_relative_to(container.resolve()):
+                raise RasterError(f"{name}: its data path {gdal_path!r} does not point into {container}")
+            if not on_disk.is_file():
+                raise RasterError(f"{name}: {gdal_path}: no such file")
+        source = cls.__new__(cls)
+        source.path = Path(name)
+        source.nodata_setting = parse_nodata(nodata, "dataset.nodata")
+        source._open(gdal_path, on_disk, bands)
+        return source
+
+    def _open(self, gdal_path: str, on_disk: Path, bands: Sequence[str | int] | None) -> None:
+        # What GDAL opens, and the file whose size and time stamp its bytes (the statistics cache key).
+        self.gdal_path, self.on_disk = gdal_path, on_disk
         try:
-            with rasterio.open(self.path) as src:
+            with rasterio.open(gdal_path) as src:
                 chosen = select_bands(self.path, src, bands)
                 self.indices, self.band_names, self.dtype = chosen.indices, chosen.names, chosen.dtype
+                # The selected bands' own names (None where the file has no description).
+                self.described = [src.descriptions[i - 1] or None for i in chosen.indices]
                 self.nodata = effective_nodata(src, chosen.indices, self.nodata_setting)
                 self.height, self.width = src.height, src.width
                 self.transform, self.crs = src.transform, src.crs
@@ -173,7 +218,7 @@ class GeoTiffSource:
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         if self._handle is None or self._pid != os.getpid():
-            self._handle, self._pid = rasterio.open(self.path), os.getpid()
+            self._handle, self._pid = rasterio.open(self.gdal_path), os.getpid()
         raw = self._handle.read(self.indices, window=window)
         valid = valid_pixels(self._handle, self.indices, raw, window, self.nodata_setting)
         return raw.astype(np.float32), valid
@@ -202,10 +247,15 @@ def _statistics(
 ) -> dict[str, list[float]]:
     """Per-band mean, std and percentiles of the valid pixels of the training blocks, streamed in
     row chunks and cached on disk under a key of the files (path, size, mtime), bands and blocks."""
+
+    def stamp(source: Any) -> list[int]:
+        # The file that holds the bytes: the GeoTIFF itself, or the container of a member.
+        disk = getattr(source, "on_disk", source.path)
+        return [disk.stat().st_size, disk.stat().st_mtime_ns] if disk.exists() else []
+
     key = json.dumps(
         [
-            [str(s.path.resolve()) if s.path.exists() else str(s.path), getattr(s, "indices", None), b]
-            + ([s.path.stat().st_size, s.path.stat().st_mtime_ns] if s.path.exists() else [])
+            [str(s.path.resolve()) if s.path.exists() else str(s.path), getattr(s, "indices", None), b] + stamp(s)
             for s, b in zip(sources, blocks)
         ]
         + [sorted(percentiles)]
@@ -625,68 +675,114 @@ class SyntheticSRData(RasterSRData):
         return [ArraySource(self._image, self.bands, name=str(path))]
 
 
-class PairedFolderData(_HeldOutAreas):
-    """Real LR/HR pairs in the SEN2NAIP layout: ``<root>/<region>/lr.tif`` and ``hr.tif``.
+@dataclass
+class RegionPair:
+    """One region of real pairs as a source lists it: ``name`` (what the hash split reads), its LR
+    and HR images, the split its source assigns (None: by the hash of ``name``), and how messages
+    name the region (``where``) and its two images."""
 
-    Each region is a separate area, so whole regions go to train, validation or test: a region's
-    split is fixed by a hash of its folder name against the split fractions (stable when regions
-    are added). The scale is checked from the shapes (``hr = scale x lr`` in both directions).
-    ``bands`` select HR bands, ``lr_bands`` the LR bands (default: the same), any count, equal
-    between the two. ``lr_normalization`` defaults to ``normalization``. A normalisation that needs
-    statistics (z-score, percentiles) is fitted on the training regions only: ``normalization`` on
-    their HR images, a separate ``lr_normalization`` on their LR images.
+    name: str
+    lr: GeoTiffSource
+    hr: GeoTiffSource
+    where: str
+    lr_name: str = "lr.tif"
+    hr_name: str = "hr.tif"
+    split: str | None = None
+
+
+def split_by_hash(name: str, fractions: dict[str, float]) -> str:
+    """A region's split from a hash of its name against the fractions: stable when regions are added."""
+    u = int(hashlib.sha1(name.encode()).hexdigest()[:12], 16) / 16**12
+    edge = 0.0
+    for split_name, fraction in fractions.items():
+        edge += fraction
+        if u < edge:
+            return split_name
+    return list(fractions)[-1]
+
+
+def _band_names_setting(band_names: Sequence[str] | None, bands: list) -> list[str] | None:
+    if band_names is None:
+        return None
+    names = list(band_names)
+    if len(names) != len(bands) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(
+            f"dataset.band_names must name each of the {len(bands)} dataset.bands {bands} (or be null: the "
+            f"files' own names), got {names}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset.band_names names a band twice: {names}")
+    return names
+
+
+class PairedData(_HeldOutAreas):
+    """Real LR/HR pairs, region by region; :class:`PairedFolderData` and
+    :class:`srgan.data.taco.TacoPairsData` only list their regions (:class:`RegionPair`).
+
+    Whole regions go to train, validation or test: the split the source assigns, else a hash of
+    the region's name against ``split.fractions`` (whose keys are the splits the dataset uses; each
+    must receive a region). The scale is checked from the shapes (``hr = scale x lr`` in both
+    directions). ``bands`` select HR bands, ``lr_bands`` the LR bands (the same by default), any
+    count, equal between the two. ``band_names`` name the selected HR bands where the files carry
+    no band descriptions; a file whose descriptions differ from them is an error (null: the files'
+    own names, ``band<i>`` where they have none). LR from another sensor may name its bands its own
+    way. ``lr_normalization`` defaults to ``normalization``. A normalisation that needs statistics
+    (z-score, percentiles) is fitted on the training regions only: ``normalization`` on their HR
+    images, a separate ``lr_normalization`` on their LR images.
     """
+
+    # What messages call one region.
+    unit = "region"
 
     def __init__(
         self,
-        root: str,
+        pairs: Iterable[RegionPair],
+        path: str | os.PathLike,
         bands: Sequence[str | int],
         num_bands: int,
         scale: int,
         normalization: Any,
         split: dict[str, Any],
-        patch_size: int = 128,
-        val_tile: int = 128,
-        rgb_bands: Sequence[str | int] | None = None,
-        name: str = "paired_folder",
-        lr_bands: Sequence[str | int] | None = None,
-        lr_normalization: Any = None,
-        lr_file: str = "lr.tif",
-        hr_file: str = "hr.tif",
-        cache_dir: str | None = None,
-        nodata: float | str | None = None,
+        patch_size: int,
+        val_tile: int,
+        rgb_bands: Sequence[str | int] | None,
+        name: str,
+        lr_bands: Sequence[str | int] | None,
+        lr_normalization: Any,
+        cache_dir: str | None,
+        band_names: Sequence[str] | None,
+        split_keys: Sequence[str] = ("fractions",),
     ) -> None:
-        self.root = self.path = Path(root)
-        self.nodata_setting = parse_nodata(nodata, "dataset.nodata")
+        """Check and split ``pairs`` (taken as they come, so that a source may open them lazily),
+        resolve and fit the normalisations. ``path`` names the data in messages."""
+        self.path = Path(path)
         bands = list(bands)
         _check_sizes(bands, num_bands, scale, patch_size, val_tile)
+        unknown = set(split) - set(split_keys)
+        if unknown:
+            raise ValueError(f"dataset.split: unknown key(s) {sorted(unknown)}; expected {list(split_keys)}")
         fractions = check_fractions(dict(split["fractions"]))
-        if not self.root.is_dir():
-            raise RasterError(f"{self.root}: no such folder (expected <root>/<region>/{lr_file} and {hr_file})")
+        if lr_bands is not None and len(lr_bands) != len(bands):
+            raise ValueError(f"dataset.lr_bands lists {len(lr_bands)} bands, dataset.bands {len(bands)}: {bands}")
+        names = _band_names_setting(band_names, bands)
         self.bands, self.scale, self.patch_size, self.val_tile, self.name = bands, scale, patch_size, val_tile, name
         self.normalization = normalization
         self.lr_normalization = lr_normalization or normalization
-        folders = sorted(d for d in self.root.iterdir() if d.is_dir())
-        if not folders:
-            raise RasterError(f"{self.root}: no region folders (expected <root>/<region>/{lr_file} and {hr_file})")
         self.pairs: dict[str, list[tuple[GeoTiffSource, GeoTiffSource]]] = {s: [] for s in fractions}
-        for folder in folders:
-            lr = GeoTiffSource(folder / lr_file, list(lr_bands) if lr_bands is not None else bands, nodata)
-            hr = GeoTiffSource(folder / hr_file, bands, nodata)
-            if (hr.height, hr.width) != (lr.height * scale, lr.width * scale):
-                raise RasterError(
-                    f"{folder}: {hr_file} is {hr.height}x{hr.width} px and {lr_file} {lr.height}x{lr.width} px, "
-                    f"not x{scale} (dataset.scale)"
-                )
-            if hr.height < patch_size or hr.width < patch_size:
-                raise RasterError(f"{folder}: {hr.height}x{hr.width} px is smaller than patch_size={patch_size}")
-            self.pairs[self._split_of(folder.name, fractions)].append((lr, hr))
-        for split_name, pairs in self.pairs.items():
-            if not pairs:
-                raise RasterError(
-                    f"{self.root}: no region falls in the {split_name!r} split ({len(folders)} regions); "
-                    "add regions or change dataset.split.fractions"
-                )
+        self.region_names: dict[str, list[str]] = {s: [] for s in fractions}
+        first: RegionPair | None = None
+        count = 0
+        for pair in pairs:
+            count += 1
+            self._check_pair(pair, names, first)
+            first = first or pair
+            split_name = pair.split if pair.split is not None else split_by_hash(pair.name, fractions)
+            if split_name in self.pairs:  # a split the config does not use leaves its regions out
+                self.pairs[split_name].append((pair.lr, pair.hr))
+                self.region_names[split_name].append(pair.name)
+        for split_name, got in self.pairs.items():
+            if not got:
+                raise RasterError(self._empty_split_message(split_name, count))
         first_lr, first_hr = next(iter(self.pairs.values()))[0]
         self.band_names, self.dtype, self.nodata = first_hr.band_names, first_hr.dtype, first_hr.nodata
         self.normalization = resolve_auto(self.normalization, self.dtype, first_hr.path)
@@ -700,20 +796,42 @@ class PairedFolderData(_HeldOutAreas):
             if getattr(norm, "needs_statistics", False) and not norm.fitted:
                 if not train:
                     raise RasterError(
-                        f"{self.root}: {type(norm).__name__} needs a train split to fit its statistics on"
+                        f"{self.path}: {type(norm).__name__} needs a train split to fit its statistics on"
                     )
                 _fit_normalization(norm, images, [(0, 0, im.height, im.width) for im in images], cache_dir)
         self._regions: dict[str, list[Region]] = {}
 
-    @staticmethod
-    def _split_of(name: str, fractions: dict[str, float]) -> str:
-        u = int(hashlib.sha1(name.encode()).hexdigest()[:12], 16) / 16**12
-        edge = 0.0
-        for split_name, fraction in fractions.items():
-            edge += fraction
-            if u < edge:
-                return split_name
-        return list(fractions)[-1]
+    def _check_pair(self, pair: RegionPair, band_names: list[str] | None, first: RegionPair | None) -> None:
+        lr, hr, scale = pair.lr, pair.hr, self.scale
+        if (hr.height, hr.width) != (lr.height * scale, lr.width * scale):
+            raise RasterError(
+                f"{pair.where}: {pair.hr_name} is {hr.height}x{hr.width} px and {pair.lr_name} "
+                f"{lr.height}x{lr.width} px, not x{scale} (dataset.scale)"
+            )
+        if hr.height < self.patch_size or hr.width < self.patch_size:
+            raise RasterError(f"{pair.where}: {hr.height}x{hr.width} px is smaller than patch_size={self.patch_size}")
+        if band_names is not None:
+            if any(d is not None and d != n for d, n in zip(hr.described, band_names)):
+                raise RasterError(
+                    f"{hr.path}: its bands {self.bands} are named {hr.band_names} in the file, but dataset.band_names "
+                    f"is {band_names}; set dataset.band_names to the file's names (or null to use them)"
+                )
+            # Names from the config where the file has none (never in place of the file's own).
+            hr.band_names = list(band_names)
+        if first is not None:
+            for attr, what in (("band_names", "bands"), ("dtype", "data type")):
+                if getattr(hr, attr) != getattr(first.hr, attr):
+                    raise RasterError(
+                        f"{hr.path}: {what} {getattr(hr, attr)} differ from {first.hr.path}'s {getattr(first.hr, attr)}"
+                    )
+            if lr.dtype != first.lr.dtype:
+                raise RasterError(f"{lr.path}: data type {lr.dtype} differs from {first.lr.path}'s {first.lr.dtype}")
+
+    def _empty_split_message(self, split_name: str, count: int) -> str:
+        return (
+            f"{self.path}: no {self.unit} falls in the {split_name!r} split ({count} {self.unit}s); "
+            f"add {self.unit}s or change dataset.split.fractions"
+        )
 
     def regions(self, split: str) -> list[Region]:
         if split not in self.pairs:
@@ -747,10 +865,68 @@ class PairedFolderData(_HeldOutAreas):
         return [Area.of(hr.path, hr.crs, hr.transform, (0, 0, hr.height, hr.width)) for _, hr in self.pairs[split]]
 
 
+class PairedFolderData(PairedData):
+    """Real LR/HR pairs in the SEN2NAIP layout: ``<root>/<region>/lr.tif`` and ``hr.tif``, one
+    region per folder, split by a hash of the folder name (see :class:`PairedData`)."""
+
+    def __init__(
+        self,
+        root: str,
+        bands: Sequence[str | int],
+        num_bands: int,
+        scale: int,
+        normalization: Any,
+        split: dict[str, Any],
+        patch_size: int = 128,
+        val_tile: int = 128,
+        rgb_bands: Sequence[str | int] | None = None,
+        name: str = "paired_folder",
+        lr_bands: Sequence[str | int] | None = None,
+        lr_normalization: Any = None,
+        lr_file: str = "lr.tif",
+        hr_file: str = "hr.tif",
+        cache_dir: str | None = None,
+        nodata: float | str | None = None,
+        band_names: Sequence[str] | None = None,
+    ) -> None:
+        self.root = self.path = Path(root)
+        self.nodata_setting = parse_nodata(nodata, "dataset.nodata")
+        hr_bands = list(bands)
+
+        def listed() -> Iterator[RegionPair]:
+            if not self.root.is_dir():
+                raise RasterError(f"{self.root}: no such folder (expected <root>/<region>/{lr_file} and {hr_file})")
+            folders = sorted(d for d in self.root.iterdir() if d.is_dir())
+            if not folders:
+                raise RasterError(f"{self.root}: no region folders (expected <root>/<region>/{lr_file} and {hr_file})")
+            for folder in folders:
+                lr = GeoTiffSource(folder / lr_file, list(lr_bands) if lr_bands is not None else hr_bands, nodata)
+                hr = GeoTiffSource(folder / hr_file, hr_bands, nodata)
+                yield RegionPair(folder.name, lr, hr, str(folder), lr_file, hr_file)
+
+        super().__init__(
+            listed(),
+            self.root,
+            bands,
+            num_bands,
+            scale,
+            normalization,
+            split,
+            patch_size,
+            val_tile,
+            rgb_bands,
+            name,
+            lr_bands,
+            lr_normalization,
+            cache_dir,
+            band_names,
+        )
+
+
 class PairedPatches(Dataset):
     """Random aligned windows of the training regions' real LR/HR pairs; item ``i`` depends only on ``(seed, i)``."""
 
-    def __init__(self, data: PairedFolderData, length: int, seed: int, augment: bool = True) -> None:
+    def __init__(self, data: PairedData, length: int, seed: int, augment: bool = True) -> None:
         self.data, self.length, self.seed, self.augment = data, length, seed, augment
         self.pairs = data.pairs["train"]
         areas = np.array([hr.height * hr.width for _, hr in self.pairs], dtype=np.float64)
