@@ -211,8 +211,8 @@ def test_broken_sets_are_named(tmp_path):
     lr, hr = images(2)
     with pytest.raises(RasterError, match="no opensr-test set 'naip'"):
         OpenSRTestData(root=str(tmp_path), name="naip", band_names=BANDS, normalization=_reflectance())
-    with pytest.raises(ValueError, match="opensr-test's sets are naip, spot"):
-        OpenSRTestData(root=str(tmp_path), name="worldstrat", band_names=BANDS, normalization=_reflectance())
+    with pytest.raises(ValueError, match=r"dataset.name='../naip': a set's file or folder name \(opensr-test's: naip"):
+        OpenSRTestData(root=str(tmp_path), name="../naip", band_names=BANDS, normalization=_reflectance())
     write_pickle(tmp_path, L2A=lr, HR=hr)
     with pytest.raises(RasterError, match=r"naip.pkl: no 'HRharm' array \(it has L2A, HR\)"):
         OpenSRTestData(root=str(tmp_path), name="naip", band_names=BANDS, normalization=_reflectance())

@@ -163,8 +163,8 @@ def test_defaults_live_in_the_yaml_only_and_a_missing_key_is_named(composed):
 
 def test_eval_and_infer_keys_have_a_schema_that_names_the_bad_key(composed):
     from srgan.config import EvalConfig, InferConfig, validate_entry_config
+    from srgan.evaluate import GROUPS as groups
 
-    groups = ("dataset", "uncertainty", "tracking")
     cfg = composed("eval", ["model=somewhere"])
     options = validate_entry_config(EvalConfig, cfg, groups)
     assert (options.border, options.tile, options.lpips) == (cfg.border, cfg.tile, cfg.lpips)
@@ -208,6 +208,7 @@ def test_every_benchmark_option_composes_and_builds_with_the_opensr_test_set(opt
     import numpy as np
 
     from srgan.config import EvalConfig, validate_entry_config
+    from srgan.evaluate import GROUPS
     from srgan.evaluation.benchmark import load_benchmark
 
     hr = np.full((2, 4, 64, 64), 1200, dtype=np.uint16)
@@ -220,7 +221,7 @@ def test_every_benchmark_option_composes_and_builds_with_the_opensr_test_set(opt
         f"dataset.root={tmp_path}",
     ]
     cfg = compose_config("eval", overrides)
-    validate_entry_config(EvalConfig, cfg, ("dataset", "uncertainty", "benchmark", "tracking"))
+    validate_entry_config(EvalConfig, cfg, GROUPS)
     data = instantiate(cfg.dataset, _convert_="all")
     assert len(data.regions("test")) == 2 and data.band_names == ["B04", "B03", "B02", "B08"]
     built = load_benchmark(cfg.benchmark, data.rgb_indices)

@@ -74,10 +74,14 @@ def calibrated_scale(
     return std_scale
 
 
+# eval.yaml's config groups; every other top-level key is one of EvalConfig's.
+GROUPS = ("dataset", "uncertainty", "benchmark", "tracking")
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
 @user_errors("srgan-eval")
 def main(cfg: DictConfig) -> None:
-    options: EvalConfig = validate_entry_config(EvalConfig, cfg, ("dataset", "uncertainty", "benchmark", "tracking"))
+    options: EvalConfig = validate_entry_config(EvalConfig, cfg, GROUPS)
     device = pick_device(options.device)
     model = load_model(resolve_model(options.model, cfg.tracking.uri))
     data = evaluation_data(cfg, options, model)

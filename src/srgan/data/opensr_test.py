@@ -9,6 +9,7 @@ has put them, in either of the two forms they are distributed in.
 - **Per-ROI GeoTIFF folders**: ``<root>/<name>/{L1C,L2A,hr,hr_harmonized}/<roi>.tif`` (or those
   folders directly under ``root``), the same ROI file name in each, with their georeference.
 
+A set of one's own in either form works the same way (``name`` is its file or folder name).
 Every image is one region of the ``test`` split: these are benchmark sets, never training data (a
 model card's training areas are still checked against them). ``lr`` / ``hr`` pick the arrays
 (default ``L2A`` / ``HRharm``, as opensr-test's README evaluates), ``bands`` / ``lr_bands`` pick
@@ -17,8 +18,10 @@ channels (0-based for pickles; 1-based or band names for GeoTIFFs) and ``band_na
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -58,8 +61,8 @@ class OpenSRTestData(_HeldOutAreas):
         val_tile: int = 128,
         lr_normalization: Any = None,
     ) -> None:
-        if name not in SETS:
-            raise ValueError(f"dataset.name={name!r}: opensr-test's sets are {', '.join(SETS)}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"dataset.name={name!r}: a set's file or folder name (opensr-test's: {', '.join(SETS)})")
         for key, value in (("lr", lr), ("hr", hr)):
             if value not in FOLDERS:
                 raise ValueError(f"dataset.{key}={value!r}: one of {', '.join(FOLDERS)}")
@@ -217,8 +220,11 @@ class OpenSRTestData(_HeldOutAreas):
         if tuple(hr_shape) != (lr_shape[0] * self.scale, lr_shape[1] * self.scale):
             raise RasterError(
                 f"{where}: HR {tuple(hr_shape)} is not x{self.scale} of LR {tuple(lr_shape)} "
-                f"(dataset.scale={self.scale}; opensr-test's {self.name} is x{SETS[self.name]})"
+                f"(dataset.scale={self.scale}{self._published()})"
             )
+
+    def _published(self) -> str:
+        return f"; opensr-test's {self.name} is x{SETS[self.name]}" if self.name in SETS else ""
 
     # -- what srgan-eval reads ----------------------------------------------------------------------
     def _check_split(self, split: str) -> None:
