@@ -226,3 +226,6 @@ def test_every_benchmark_option_composes_and_builds_with_the_opensr_test_set(opt
     assert len(data.regions("test")) == 2 and data.band_names == ["B04", "B03", "B02", "B08"]
     built = load_benchmark(cfg.benchmark, data.rgb_indices)
     assert (built is None) == (option == "none")
+    if option == "opensr_test":  # overrides of opensr_test.Config, added as the docs say
+        cfg = compose_config("eval", [*overrides, "+benchmark.config.correctness_distance=l1"])
+        assert load_benchmark(cfg.benchmark, data.rgb_indices).config.correctness_distance == "l1"
