@@ -3,6 +3,7 @@ forms they are distributed in (files made here, in those formats)."""
 
 from __future__ import annotations
 
+import collections
 import math
 import pickle
 import random
@@ -98,7 +99,7 @@ def test_bad_benchmark_settings_are_named():
         OpenSRTest({"correctness_distance": "cosine"}).build(rgb=[0, 1, 2])
     with pytest.raises(ValueError, match="gradient_threshold='median'"):
         OpenSRTest(gradient_threshold="median").build(rgb=[0, 1, 2])
-    with pytest.raises(ValueError, match="not a benchmark option"):
+    with pytest.raises(ValueError, match="not one of the benchmark options"):
         load_benchmark(OmegaConf.create({"_target_": "os.system", "command": "echo hi"}), [0, 1, 2])
     # rgb_bands: the dataset's, unless set
     assert OpenSRTest().build(rgb=[2, 1, 0]).config.rgb_bands == [2, 1, 0]
@@ -122,13 +123,54 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
 def test_numpy_pickles_of_every_protocol_are_read(tmp_path, protocol):
     lr, hr = images(2)
     path = tmp_path / "naip.pkl"
-    path.write_bytes(pickle.dumps({"L2A": lr, "HRharm": hr, "meta": [1, "a", 2.5], "s": np.float32(1)}, protocol))
-    content = load_numpy_pickle(path)
-    assert np.array_equal(content["L2A"], lr) and content["HRharm"].dtype == np.uint16
+    odd = {"big_endian": hr.astype(">f4"), "fortran": np.asfortranarray(lr), "bool": hr > 1000, "empty": lr[:0]}
+    content = {"L2A": lr, "HRharm": hr, "meta": [1, "a", 2.5], "s": np.float32(1), **odd}
+    path.write_bytes(pickle.dumps(collections.OrderedDict(content), protocol))
+    loaded = load_numpy_pickle(path)
+    assert np.array_equal(loaded["L2A"], lr) and loaded["HRharm"].dtype == np.uint16 and loaded["s"] == 1
+    for key, value in odd.items():
+        assert np.array_equal(loaded[key], value) and loaded[key].dtype.kind == value.dtype.kind, key
+
+
+def _op(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+# Hand-written pickles that pass only the names check: each would turn a file's bytes into pointers
+# to Python objects (a crash, or a forged object), or allocate without bound (hostile review, issue 21).
+_OBJECT_ARRAY = _op("numpy", "ndarray") + b"((I1\ntS'O8'\nS'AAAAAAAA'\ntR"
+_DTYPE_O = _op("numpy", "dtype") + b"(S'O8'\nI00\nI01\ntR"
+_DTYPE_F8 = _op("numpy", "dtype") + b"(S'f8'\nI00\nI01\ntR(I3\nS'<'\nNNNI-1\nI-1\nI0\ntb"
+_VOID_WITH_OBJECT_FIELD = (
+    _op("numpy", "dtype")
+    + b"(S'V16'\nI00\nI01\ntR(I3\nS'|'\nN(S'a'\ntp1\n(dS'a'\n("
+    + _DTYPE_O
+    + b"(I3\nS'|'\nNNNI-1\nI-1\nI63\ntbI0\ntsI16\nI1\nI0\ntb"
+)
+_RECONSTRUCT = _op("numpy._core.multiarray", "_reconstruct") + _op("numpy", "ndarray") + b"(I0\ntC\x01b\x87R"
+
+
+@pytest.mark.parametrize(
+    "payload,named",
+    [
+        (_OBJECT_ARRAY, "not callable"),  # ndarray(shape, 'O8', bytes): pointers from the file
+        (_RECONSTRUCT + b"(I1\n(I1\nt" + _DTYPE_O + b"I00\nC\x08AAAAAAAAtb", "'O'"),  # object array by state
+        (_RECONSTRUCT + b"(I1\n(I1\nt" + _VOID_WITH_OBJECT_FIELD + b"I00\nC\x10AAAAAAAAAAAAAAAAtb", "V16"),
+        (_RECONSTRUCT + b"(I1\n(I100000000000\nt" + _DTYPE_F8 + b"I00\nC\x08AAAAAAAAtb", "does not fit"),  # 800 GB
+        (_op("numpy._core.multiarray", "scalar") + b"(" + _DTYPE_O + b"S'AAAAAAAA'\ntR", "'O'"),
+        (_op("collections", "OrderedDict") + b")R(dS'x'\nI1\nsb", "state of a OrderedDict"),
+        (_op("_codecs", "encode") + b"(S'x'\nS'zlib'\ntR", "latin1"),
+    ],
+)
+def test_pickles_that_would_forge_objects_from_bytes_are_refused(tmp_path, payload, named):
+    path = tmp_path / "naip.pkl"
+    path.write_bytes(b"(dS'L2A'\n" + payload + b"s.")
+    with pytest.raises(UnsafePickleError, match=named):
+        load_numpy_pickle(path)
 
 
 def test_a_pickle_that_would_run_code_is_refused_before_it_runs(tmp_path):

@@ -194,10 +194,29 @@ def test_an_uncertainty_node_builds_only_an_uncertainty_option():
     from srgan.evaluation.uncertainty import load_sampler
 
     node = OmegaConf.create({"_target_": "os.system", "command": "touch /tmp/srgan-pwned"})
-    with pytest.raises(ValueError, match="not an uncertainty option"):
+    with pytest.raises(ValueError, match="not one of the uncertainty options"):
         load_sampler(None, node, None)
     none = OmegaConf.load(CONF_DIR / "uncertainty" / "none.yaml")
     assert load_sampler(None, none, None) is None
+
+
+@pytest.mark.parametrize("group", ["uncertainty", "benchmark"])
+def test_a_target_nested_in_an_option_is_refused_before_anything_is_called(group, tmp_path):
+    """Hydra's recursive instantiate would call a nested _target_ before srgan saw the node (hostile
+    review, issue 21: builtins.open truncated a file from benchmark.config)."""
+    from srgan.evaluation.benchmark import load_benchmark
+    from srgan.evaluation.uncertainty import load_sampler
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("kept")
+    node = OmegaConf.load(CONF_DIR / group / ("noise.yaml" if group == "uncertainty" else "opensr_test.yaml"))
+    nested = {"_target_": "builtins.open", "_args_": [str(victim), "w"]}
+    node = OmegaConf.merge(
+        node, {"members" if group == "uncertainty" else "config": [nested] if group == "uncertainty" else {"x": nested}}
+    )
+    with pytest.raises(ConfigError, match=r"_target_: .* take plain values"):
+        load_sampler(None, node, None) if group == "uncertainty" else load_benchmark(node, [0, 1, 2])
+    assert victim.read_text() == "kept"
 
 
 @pytest.mark.parametrize("option", options("benchmark"))

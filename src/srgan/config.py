@@ -320,6 +320,40 @@ def _check_resume(value: Any) -> str | None:
     return str(path)
 
 
+# Keys with which Hydra's instantiate would call, or change how it calls, code named in a config.
+_HYDRA_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
+
+
+def build_option(node: Any, classes: tuple[type, ...], group: str) -> Any:
+    """One of ``classes`` built from a config node of ``group`` (``uncertainty``, ``benchmark``):
+    its ``_target_`` must name one of them, and the rest are plain keyword arguments; a Hydra key
+    anywhere below (a nested ``_target_`` would otherwise be instantiated first) is refused."""
+    allowed = {f"{c.__module__}.{c.__name__}": c for c in classes}
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    target = values.get("_target_") if isinstance(values, dict) else None
+    if target not in allowed:
+        raise ConfigError(
+            f"{group}._target_={target!r} is not one of the {group} options; use one of {sorted(allowed)}"
+        )
+
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in _HYDRA_KEYS:
+                    raise ConfigError(f"{where}.{key}: {group} options take plain values, not {key}")
+                check(item, f"{where}.{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+
+    kwargs = {k: v for k, v in values.items() if k != "_target_"}
+    check(kwargs, group)
+    try:
+        return allowed[target](**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{group}: {err}") from None
+
+
 def register_resolvers() -> None:
     """``${len:list}`` and ``${srgan_root:}`` for the configs (idempotent)."""
     if not OmegaConf.has_resolver("len"):

@@ -191,15 +191,9 @@ def _cell(value: dict[str, float]) -> str:
     return f"{value['mean']:.4f} ± {value['std']:.4f}"
 
 
-OPTIONS = {f"{__name__}.{c.__name__}" for c in (NoBenchmark, OpenSRTest)}
-
-
 def load_benchmark(node: Any, rgb: list[int]) -> OpenSRTestRun | None:
-    """The benchmark a ``benchmark`` config node asks for (None for benchmark=none); the node's
-    target must be one of srgan's options."""
-    from hydra.utils import instantiate
+    """The benchmark a ``benchmark`` config node asks for (None for benchmark=none): one of srgan's
+    two options with plain values (:func:`srgan.config.build_option`)."""
+    from srgan.config import build_option
 
-    target = node.get("_target_") if hasattr(node, "get") else None
-    if target not in OPTIONS:
-        raise ValueError(f"benchmark._target_={target!r} is not a benchmark option; use one of {sorted(OPTIONS)}")
-    return instantiate(node, _convert_="all").build(rgb)
+    return build_option(node, (NoBenchmark, OpenSRTest), "benchmark").build(rgb)

@@ -1,7 +1,7 @@
 """Per-pixel uncertainty: several SR samples per input, their mean and spread, and their calibration.
 
 Two ways to draw samples (the ``uncertainty`` config group, ``conf/uncertainty/``: each option names
-its class with ``_target_``; :func:`load_sampler` builds it with Hydra's ``instantiate``):
+its class with ``_target_``; :func:`load_sampler` builds it from plain values, one of the three):
 
 - ``noise``: the stochastic generator (``generator=stochastic``) run ``samples`` times, sample k
   with the noise drawn from seed ``seed + k`` (reproducible, the same for every tile of a scene);
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from srgan.engine.checkpoint import load_model
@@ -163,17 +162,13 @@ class EnsembleSpread(NoSpread):
         return ensemble_sampler(model, [load(m) for m in self.members])
 
 
-# The classes an ``uncertainty`` node may name: nothing else is instantiated from it.
-OPTIONS = {f"{__name__}.{c.__name__}" for c in (NoSpread, NoiseSpread, EnsembleSpread)}
-
-
 def load_sampler(model: Any, node: Any, tracking_uri: str | None) -> SampleSpread | None:
     """The sampler an ``uncertainty`` config node asks for (None for uncertainty=none); members are
-    model folders, run folders or MLflow URIs, resolved like ``model``."""
-    target = node.get("_target_") if hasattr(node, "get") else None
-    if target not in OPTIONS:
-        raise ValueError(f"uncertainty._target_={target!r} is not an uncertainty option; use one of {sorted(OPTIONS)}")
-    option = instantiate(node, _convert_="all")
+    model folders, run folders or MLflow URIs, resolved like ``model``. The node names one of
+    srgan's three options with plain values (:func:`srgan.config.build_option`)."""
+    from srgan.config import build_option
+
+    option = build_option(node, (NoSpread, NoiseSpread, EnsembleSpread), "uncertainty")
     return option.sampler(model, lambda member: load_model(resolve_model(member, tracking_uri)))
 
 
