@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,8 @@ class PairSample:
     origin: tuple[float, float] = (435740.0, 4179460.0)
     # Member ids written under another id in this sample only (e.g. {"hr": "mask"}).
     rename: dict[str, str] = field(default_factory=dict)
+    # Member bytes changed in this sample only, by member id (e.g. {"hr": truncate}).
+    alter: dict[str, Callable[[bytes], bytes]] = field(default_factory=dict)
 
 
 def geotiff_bytes(data: np.ndarray, pixel: float, origin: tuple[float, float], names: list[str] | None) -> bytes:
@@ -89,7 +93,52 @@ def _members(sample: PairSample, lr_id: str = "lr", hr_id: str = "hr") -> dict[s
         lr_id: geotiff_bytes(sample.lr, 10.0, sample.origin, sample.names),
         hr_id: geotiff_bytes(sample.hr, 2.5, sample.origin, sample.names),
     }
+    members = {key: sample.alter.get(key, lambda b: b)(data) for key, data in members.items()}
     return {sample.rename.get(key, key): data for key, data in members.items()}
+
+
+def vrt_bytes(source: str, bands: int = 4, size: int = 64) -> bytes:
+    """A GDAL VRT (XML) of ``size`` x ``size`` px whose bands are those of ``source``, any GDAL path."""
+    band = (
+        '<VRTRasterBand dataType="UInt16" band="{b}"><SimpleSource><SourceFilename relativeToVRT="0">'
+        "{source}</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+    )
+    body = "".join(band.format(b=b, source=source) for b in range(1, bands + 1))
+    return (
+        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>EPSG:32618</SRS>'
+        f"<GeoTransform>435740, 2.5, 0, 4179460, 0, -2.5</GeoTransform>{body}</VRTDataset>"
+    ).encode()
+
+
+def overwrite_member(gdal_path: str, data: bytes) -> None:
+    """Put ``data`` where a member's GDAL path points (a ``/vsisubfile/`` range, padded with spaces
+    to its length, or a plain file), as if the container had been changed after it was opened."""
+    ranged = re.fullmatch(r"/vsisubfile/(\d+)_(\d+),(.+)", gdal_path)
+    if ranged is None:
+        Path(gdal_path).write_bytes(data)
+        return
+    offset, length, file = int(ranged[1]), int(ranged[2]), ranged[3]
+    assert len(data) <= length, "the new bytes must fit in the member's range"
+    with open(file, "r+b") as f:
+        f.seek(offset)
+        f.write(data.ljust(length, b" "))
+
+
+def set_v1_footer(path: Path, column: str, row: int, value) -> Path:
+    """Change one value of a v1 file's top-level footer (``tortilla:*`` columns), in place."""
+    data = path.read_bytes()
+    offset, length = int.from_bytes(data[2:10], "little"), int.from_bytes(data[10:18], "little")
+    table = pq.read_table(io.BytesIO(data[offset : offset + length])).to_pydict()
+    table[column][row] = value
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(table), sink)
+    footer = sink.getvalue().to_pybytes()
+    meta = data[int.from_bytes(data[26:34], "little") :]
+    header = bytearray(data[:HEADER])
+    header[10:18] = len(footer).to_bytes(8, "little")
+    header[26:34] = (offset + len(footer)).to_bytes(8, "little")
+    path.write_bytes(bytes(header) + data[HEADER:offset] + footer + meta)
+    return path
 
 
 def write_taco_v2(path: Path, samples: list[PairSample], lr_id: str = "lr", hr_id: str = "hr") -> Path:

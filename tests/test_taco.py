@@ -295,3 +295,57 @@ def test_a_sen2naip_run_trains_exports_and_evaluates(tmp_path, tiny_overrides):
     sr, bicubic = report["results"]["sr"], report["results"]["bicubic"]
     assert 10 < bicubic["psnr"] < 60 and abs(sr["psnr"] - bicubic["psnr"]) < 10
     assert {"psnr_R", "psnr_NIR"} <= set(sr)
+
+
+def test_a_member_whose_bytes_are_not_a_geotiff_is_refused_and_not_followed(tmp_path, fmt):
+    """GDAL picks a driver from the bytes: a member that is VRT XML would read any file (or URL)
+    it names. A TACO member is opened as GeoTIFF only, when listed and when reopened to read."""
+    from rasterio.windows import Window
+
+    from tests.taco_files import overwrite_member, vrt_bytes
+
+    secret = write_geotiff(tmp_path / "secret.tif", np.full((4, 64, 64), 7777, np.uint16), None)
+    samples = pair_samples(SPLITS)
+    samples[3].alter = {"hr": lambda _: vrt_bytes(str(secret))}
+    path = write_taco(tmp_path / "vrt", samples, fmt)
+    with pytest.raises(RasterError, match=rf"{path}/ROI_0003/hr: not a GeoTIFF.*TACO members are read as GeoTIFF"):
+        taco_pairs(path)
+    # The same after opening: a member changed in the file is refused when a worker reopens it.
+    clean = write_taco(tmp_path / "clean", pair_samples(SPLITS), fmt)
+    member = taco_pairs(clean).pairs["test"][0][1]
+    overwrite_member(member.gdal_path, vrt_bytes(str(secret)))
+    for source in (member, pickle.loads(pickle.dumps(member))):
+        with pytest.raises(RasterError, match=rf"{clean}/ROI_0003/hr: not a GeoTIFF.*TACO members are read as"):
+            source.read(Window(0, 0, 64, 64))
+
+
+def test_a_truncated_member_is_a_raster_error_naming_the_member_and_the_window(tmp_path):
+    samples = pair_samples(SPLITS)
+    samples[3].alter = {"hr": lambda data: data[: len(data) // 2]}  # the header intact, half the pixels
+    path = write_taco(tmp_path / "cut", samples, "v1")
+    data = taco_pairs(path)
+    with pytest.raises(RasterError, match=rf"{path}/ROI_0003/hr: cannot read rows 0-64, columns 0-64 \(.*\)"):
+        data.regions("test")
+
+
+def test_a_v1_footer_that_tacoreader_cannot_parse_is_a_raster_error_naming_the_file(tmp_path):
+    from tests.taco_files import set_v1_footer
+
+    path = set_v1_footer(write_taco(tmp_path / "bad", pair_samples(SPLITS), "v1"), "tortilla:length", 1, -1)
+    with pytest.raises(RasterError, match=rf"{path}: cannot read as a TACO v1 file \(AttributeError") as err:
+        taco_pairs(path)
+    assert isinstance(err.value.__cause__, AttributeError)
+
+
+def test_a_split_without_fractions_and_long_values_from_the_file_are_named_shortly(tmp_path):
+    path = write_taco(tmp_path / "sen2naip", pair_samples(SPLITS), "v1")
+    with pytest.raises(ValueError, match=r"dataset.split.fractions is missing"):
+        taco_pairs(path, split={"source": "hash"})
+    samples = pair_samples(SPLITS)
+    samples[2].split = "holdout" * 10000
+    odd = write_taco(tmp_path / "odd", samples, "v1")
+    with pytest.raises(
+        RasterError, match=rf"{odd}/ROI_0002: split 'holdoutholdout.*\.\.\. \(70002 characters\) \(column"
+    ) as err:
+        taco_pairs(odd)
+    assert len(str(err.value)) < 500

@@ -144,6 +144,16 @@ def make_filter(filters: dict[str, Any] | None) -> PatchFilter:
     return PatchFilter(**filters)
 
 
+def short(text: str, limit: int = 100) -> str:
+    """``text`` whole up to ``limit`` characters, else its start and its length: for values a file
+    supplies (ids, splits, paths) echoed in messages."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+# The GDAL driver that reads a GeoTIFF stored inside a container, and no other.
+GEOTIFF_ONLY = "GTiff"
+
+
 class GeoTiffSource:
     """One GeoTIFF: band selection checked up front, windowed reads in stored units plus a validity
     mask (:func:`srgan.data.rasters.valid_pixels`: nodata where every band is at the nodata value or
@@ -153,7 +163,10 @@ class GeoTiffSource:
 
     A GeoTIFF stored inside a container (a sample's member of a TACO file) is opened by the GDAL
     path the container's reader gives (``/vsisubfile/<offset>_<size>,<file>``, or a file under a
-    TACO folder) with :meth:`member`; ``path`` is then the name messages use (``<file>/<sample>/hr``).
+    TACO folder) with :meth:`member`; ``path`` is then the name messages use (``<file>/<sample>/hr``),
+    and GDAL may read it as a GeoTIFF only (bytes of another format, such as VRT XML naming other
+    files or URLs, are refused). A read that fails (a damaged or truncated file) is a
+    :class:`RasterError` naming the image and the window.
     """
 
     def __init__(
@@ -177,30 +190,34 @@ class GeoTiffSource:
         """A GeoTIFF inside ``container`` (a file or folder on disk), opened by ``gdal_path``, named
         ``name`` in messages. The path must point into the container: a ``/vsisubfile/`` range of
         the container file, or a file under the container folder; anything else (a path that the
-        container's metadata made point elsewhere) is refused."""
+        container's metadata made point elsewhere) is refused, and so are bytes that are not a
+        GeoTIFF (GDAL would otherwise pick the driver from them: a VRT reads whatever it names)."""
         container = Path(container)
         if gdal_path.startswith("/vsisubfile/"):
             target = gdal_path.partition(",")[2]
             if not re.fullmatch(r"/vsisubfile/\d+_\d+,.+", gdal_path) or Path(target) != container:
-                raise RasterError(f"{name}: its data path {gdal_path!r} does not point into {container}")
+                raise RasterError(f"{name}: its data path {short(repr(gdal_path))} does not point into {container}")
             on_disk = container
         else:
             on_disk = Path(gdal_path).resolve()
             if gdal_path.startswith("/vsi") or not on_disk.is_relative_to(container.resolve()):
-                raise RasterError(f"{name}: its data path {gdal_path!r} does not point into {container}")
+                raise RasterError(f"{name}: its data path {short(repr(gdal_path))} does not point into {container}")
             if not on_disk.is_file():
-                raise RasterError(f"{name}: {gdal_path}: no such file")
+                raise RasterError(f"{name}: {short(gdal_path)}: no such file")
         source = cls.__new__(cls)
         source.path = Path(name)
         source.nodata_setting = parse_nodata(nodata, "dataset.nodata")
-        source._open(gdal_path, on_disk, bands)
+        source._open(gdal_path, on_disk, bands, GEOTIFF_ONLY)
         return source
 
-    def _open(self, gdal_path: str, on_disk: Path, bands: Sequence[str | int] | None) -> None:
-        # What GDAL opens, and the file whose size and time stamp its bytes (the statistics cache key).
-        self.gdal_path, self.on_disk = gdal_path, on_disk
+    def _open(
+        self, gdal_path: str, on_disk: Path, bands: Sequence[str | int] | None, driver: str | None = None
+    ) -> None:
+        # What GDAL opens, the file whose size and time stamp its bytes (the statistics cache key),
+        # and the one GDAL driver allowed to read it (None: the one GDAL picks from the bytes).
+        self.gdal_path, self.on_disk, self.driver = gdal_path, on_disk, driver
         try:
-            with rasterio.open(gdal_path) as src:
+            with self._rasterio_open() as src:
                 chosen = select_bands(self.path, src, bands)
                 self.indices, self.band_names, self.dtype = chosen.indices, chosen.names, chosen.dtype
                 # The selected bands' own names (None where the file has no description).
@@ -209,18 +226,43 @@ class GeoTiffSource:
                 self.height, self.width = src.height, src.width
                 self.transform, self.crs = src.transform, src.crs
         except RasterioError as err:
-            raise RasterError(f"{self.path}: cannot read as a raster ({err})") from err
+            raise RasterError(f"{self.path}: {self._not_readable()} ({err})") from err
         self._handle = None
         self._pid = None
+
+    def _rasterio_open(self) -> Any:
+        if self.driver is None:
+            return rasterio.open(self.gdal_path)
+        # rasterio hands GDAL the allowed drivers: other formats' bytes (VRT XML naming other files
+        # or URLs, ...) are refused instead of read.
+        return rasterio.open(self.gdal_path, driver=self.driver)
+
+    def _not_readable(self) -> str:
+        if self.driver == GEOTIFF_ONLY:
+            return (
+                "not a GeoTIFF, or not a readable one (TACO members are read as GeoTIFF only, never as "
+                "another GDAL format such as VRT, which could read other files)"
+            )
+        return "cannot read as a raster"
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handle": None, "_pid": None}
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         if self._handle is None or self._pid != os.getpid():
-            self._handle, self._pid = rasterio.open(self.gdal_path), os.getpid()
-        raw = self._handle.read(self.indices, window=window)
-        valid = valid_pixels(self._handle, self.indices, raw, window, self.nodata_setting)
+            try:
+                self._handle, self._pid = self._rasterio_open(), os.getpid()
+            except RasterioError as err:
+                raise RasterError(f"{self.path}: {self._not_readable()} ({err})") from err
+        try:
+            raw = self._handle.read(self.indices, window=window)
+            valid = valid_pixels(self._handle, self.indices, raw, window, self.nodata_setting)
+        except RasterioError as err:
+            r, c, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+            raise RasterError(
+                f"{self.path}: cannot read rows {r}-{r + h}, columns {c}-{c + w} ({err}); the file may be damaged "
+                "or truncated"
+            ) from err
         return raw.astype(np.float32), valid
 
 
@@ -761,6 +803,11 @@ class PairedData(_HeldOutAreas):
         unknown = set(split) - set(split_keys)
         if unknown:
             raise ValueError(f"dataset.split: unknown key(s) {sorted(unknown)}; expected {list(split_keys)}")
+        if "fractions" not in split:
+            raise ValueError(
+                "dataset.split.fractions is missing: give the share of each split the dataset uses, "
+                "e.g. {train: 0.8, val: 0.1, test: 0.1}"
+            )
         fractions = check_fractions(dict(split["fractions"]))
         if lr_bands is not None and len(lr_bands) != len(bands):
             raise ValueError(f"dataset.lr_bands lists {len(lr_bands)} bands, dataset.bands {len(bands)}: {bands}")

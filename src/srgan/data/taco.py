@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srgan.data.datasets import GeoTiffSource, PairedData, RegionPair
+from srgan.data.datasets import GeoTiffSource, PairedData, RegionPair, short
 from srgan.data.rasters import RasterError, parse_nodata
 
 # The file's own split names -> srgan's.
@@ -112,8 +112,12 @@ def _read_v1(path: Path) -> TacoCatalogue:
                 members = table.read(i)
                 sample.members = {str(members.iloc[j]["tortilla:id"]): members.read(j) for j in range(len(members))}
             samples.append(sample)
-    except (ValueError, KeyError, OSError) as err:
-        raise RasterError(f"{path}: cannot read as a TACO v1 file ({type(err).__name__}: {err})") from None
+    except Exception as err:  # tacoreader.v1 fails on a damaged file in many ways (AttributeError, ...)
+        if isinstance(err, ImportError):
+            raise
+        raise RasterError(
+            f"{path}: cannot read as a TACO v1 file ({type(err).__name__}: {short(str(err), 300)})"
+        ) from err
     return TacoCatalogue(path, "v1", column, samples)
 
 
@@ -144,7 +148,7 @@ def _read_v2(path: Path) -> TacoCatalogue:
     except Exception as err:  # tacoreader's own errors have no common base
         if isinstance(err, ImportError):
             raise
-        raise RasterError(f"{path}: cannot read as a TACO file ({type(err).__name__}: {err})") from None
+        raise RasterError(f"{path}: cannot read as a TACO file ({type(err).__name__}: {short(str(err), 300)})") from err
     column = next((c for c in SPLIT_COLUMNS["v2"] if c in columns), None)
     samples = [
         TacoSample(
@@ -168,7 +172,7 @@ def read_catalogue(path: str | os.PathLike) -> TacoCatalogue:
     seen: set[str] = set()
     for sample in catalogue.samples:
         if sample.id in seen:
-            raise RasterError(f"{path}: sample {sample.id!r} appears twice")
+            raise RasterError(f"{path}: sample {short(repr(sample.id))} appears twice")
         seen.add(sample.id)
     return catalogue
 
@@ -219,40 +223,8 @@ class TacoPairsData(PairedData):
         self._split_counts: dict[str, int] = {}
         hr_bands = list(bands)
         chosen_lr = list(lr_bands) if lr_bands is not None else hr_bands
-
-        def listed() -> Iterator[RegionPair]:
-            for file in self.files:
-                catalogue = read_catalogue(file)
-                column = catalogue.split_column
-                by_file = self.split_source == "taco" or (self.split_source == "auto" and column is not None)
-                if self.split_source == "taco" and column is None:
-                    raise RasterError(
-                        f"{file}: dataset.split.source=taco but the file has no split column "
-                        f"({' or '.join(SPLIT_COLUMNS[catalogue.format])}); use dataset.split.source=hash"
-                    )
-                for sample in catalogue.samples:
-                    where = f"{file}/{sample.id}"
-                    split_name = None
-                    if by_file:
-                        if sample.split not in SPLIT_NAMES:
-                            raise RasterError(
-                                f"{where}: split {sample.split!r} (column {column!r}) is not one of "
-                                f"{sorted(SPLIT_NAMES)}; use dataset.split.source=hash to split by sample id"
-                            )
-                        split_name = SPLIT_NAMES[sample.split]
-                        self._split_counts[split_name] = self._split_counts.get(split_name, 0) + 1
-                    yield RegionPair(
-                        sample.id,
-                        self._member(file, sample, lr_id, chosen_lr),
-                        self._member(file, sample, hr_id, hr_bands),
-                        where,
-                        lr_id,
-                        hr_id,
-                        split_name,
-                    )
-
         super().__init__(
-            listed(),
+            self._listed(lr_id, hr_id, chosen_lr, hr_bands),
             self.files[0],
             bands,
             num_bands,
@@ -270,13 +242,51 @@ class TacoPairsData(PairedData):
             split_keys=("fractions", "source"),
         )
 
+    def _listed(self, lr_id: str, hr_id: str, lr_bands: list, hr_bands: list) -> Iterator[RegionPair]:
+        """Every sample of every file as a region, file by file (each read when its turn comes)."""
+        for file in self.files:
+            catalogue = read_catalogue(file)
+            by_file = self._splits_by_file(catalogue)
+            for sample in catalogue.samples:
+                split_name = self._file_split(file, sample, catalogue.split_column) if by_file else None
+                yield RegionPair(
+                    sample.id,
+                    self._member(file, sample, lr_id, lr_bands),
+                    self._member(file, sample, hr_id, hr_bands),
+                    f"{file}/{sample.id}",
+                    lr_id,
+                    hr_id,
+                    split_name,
+                )
+
+    def _splits_by_file(self, catalogue: TacoCatalogue) -> bool:
+        """Whether the file's own split column assigns its samples' splits (else the hash of their ids)."""
+        column = catalogue.split_column
+        if self.split_source == "taco" and column is None:
+            raise RasterError(
+                f"{catalogue.path}: dataset.split.source=taco but the file has no split column "
+                f"({' or '.join(SPLIT_COLUMNS[catalogue.format])}); use dataset.split.source=hash"
+            )
+        return self.split_source == "taco" or (self.split_source == "auto" and column is not None)
+
+    def _file_split(self, file: Path, sample: TacoSample, column: str | None) -> str:
+        """The sample's split by the file's column, in srgan's names, counted for messages."""
+        if sample.split not in SPLIT_NAMES:
+            raise RasterError(
+                f"{file}/{sample.id}: split {short(repr(sample.split))} (column {column!r}) is not one of "
+                f"{sorted(SPLIT_NAMES)}; use dataset.split.source=hash to split by sample id"
+            )
+        split_name = SPLIT_NAMES[sample.split]
+        self._split_counts[split_name] = self._split_counts.get(split_name, 0) + 1
+        return split_name
+
     def _member(self, file: Path, sample: TacoSample, member: str, bands: list) -> GeoTiffSource:
         where = f"{file}/{sample.id}"
         if not sample.group:
             raise RasterError(f"{where}: the sample is a single file, not a group with {member!r} and its pair")
         gdal_path = sample.members.get(member)
         if not isinstance(gdal_path, str):
-            held = sorted(sample.members)
+            held = short(repr(sorted(sample.members)), 200)
             raise RasterError(
                 f"{where}: the sample has no {member!r} GeoTIFF (it holds {held}); set dataset.lr_id / dataset.hr_id"
                 if member not in sample.members
