@@ -97,8 +97,17 @@ def test_bad_benchmark_settings_are_named():
         OpenSRTest({"corectness_distance": "l1"}).build(rgb=[0, 1, 2])
     with pytest.raises(ValueError, match="benchmark.config"):
         OpenSRTest({"correctness_distance": "cosine"}).build(rgb=[0, 1, 2])
-    with pytest.raises(ValueError, match="gradient_threshold='median'"):
-        OpenSRTest(gradient_threshold="median").build(rgb=[0, 1, 2])
+    for junk in ("median", "auto999", "autoXYZ", float("nan"), -1, True):
+        with pytest.raises(ValueError, match="benchmark.gradient_threshold="):
+            OpenSRTest(gradient_threshold=junk).build(rgb=[0, 1, 2])
+    for methods in (["sr", "bicubik"], "sr", []):
+        with pytest.raises(ValueError, match="benchmark.methods="):
+            OpenSRTest(methods=methods).build(rgb=[0, 1, 2])
+    # settings the package checks only while measuring come back as one error naming the image
+    lr, hr = images(1)
+    run = OpenSRTest({"rgb_bands": [0, 1, 9]}).build(rgb=[0, 1, 2])
+    with pytest.raises(ValueError, match="opensr-test failed on roi0 .*check benchmark.config"):
+        run.update("sr", reflectance(lr[0]), reflectance(hr[0]), reflectance(hr[0]), "roi0")
     with pytest.raises(ValueError, match="not one of the benchmark options"):
         load_benchmark(OmegaConf.create({"_target_": "os.system", "command": "echo hi"}), [0, 1, 2])
     # rgb_bands: the dataset's, unless set

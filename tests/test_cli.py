@@ -109,6 +109,11 @@ def test_eval_cli_writes_metrics_and_logs_them_to_the_run(trained_run):
     )
     by_uri = json.loads((tmp / "by_uri.json").read_text())
     assert by_uri["results"]["sr"]["psnr"] == pytest.approx(sr["psnr"], abs=1e-9)
+    # An earlier evaluation is kept: a second one into the same place is refused before any work.
+    before = (tmp / "run" / "eval.json").read_bytes()
+    out = run("srgan.evaluate", f"model={tmp}/run", f"tracking.uri={uri}", "split=val", ok=False)
+    assert out.returncode == 2 and f"{tmp}/run/eval.json exists" in out.stderr and "overwrite=true" in out.stderr
+    assert (tmp / "run" / "eval.json").read_bytes() == before
 
 
 def _second_member(tmp: Path) -> Path:

@@ -10,6 +10,6 @@ $PY -m srgan.train experiment=demo hydra.run.dir=$OUT/demo
 $PY experiments/opensr_test/make_set.py $OUT/set demo_test dataset=s2_rgbn_x4
 for form in pickle geotiff; do
   $PY -m srgan.evaluate model=$OUT/demo dataset=opensr_test dataset.name=demo_test dataset.root=$OUT/set \
-    dataset.format=$form benchmark=opensr_test output=$OUT/eval_$form.json
+    dataset.format=$form benchmark=opensr_test output=$OUT/eval_$form.json overwrite=true
 done
 $PY experiments/opensr_test/table.py $OUT/eval_pickle.json $OUT/eval_geotiff.json > experiments/opensr_test/results.md

@@ -264,6 +264,7 @@ class EvalConfig(TiledPassConfig):
     border: int = MISSING
     output: str | None = MISSING
     figure: bool = MISSING
+    overwrite: bool = MISSING
     lpips: str | None = MISSING
     histogram_match: bool = MISSING
     clusters: int = MISSING

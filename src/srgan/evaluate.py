@@ -84,6 +84,9 @@ def main(cfg: DictConfig) -> None:
     options: EvalConfig = validate_entry_config(EvalConfig, cfg, GROUPS)
     device = pick_device(options.device)
     model = load_model(resolve_model(options.model, cfg.tracking.uri))
+    output = Path(options.output) if options.output else report.default_output(model.directory)
+    if not options.overwrite:  # before any work, so that nothing already written is lost
+        report.refuse_overwrite(output)
     data = evaluation_data(cfg, options, model)
     sampler = load_sampler(model, cfg.uncertainty, cfg.tracking.uri)
     calibrate_on = cfg.uncertainty.get("calibrate_on")
@@ -114,7 +117,6 @@ def main(cfg: DictConfig) -> None:
     uncertainty = first.get("uncertainty")
     if uncertainty:
         print("\n" + "\n".join(report.uncertainty_lines(uncertainty, std_scale, calibrate_on)))
-    output = Path(options.output) if options.output else report.default_output(model.directory)
     summary = {
         "model": str(model.directory),
         "dataset": data.name,

@@ -20,12 +20,15 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import re
 from typing import Any
 
 import numpy as np
 import torch
 
 PINNED = "1.3.3"
+# srgan-eval's methods, each measured on every image unless ``methods`` names a subset.
+METHODS = ("sr", "bicubic", "nearest")
 # What Metrics.compute returns, in its order, and which way is better (opensr-test's README).
 MEASURES = ("reflectance", "spectral", "spatial", "synthesis", "ha_metric", "om_metric", "im_metric")
 HIGHER_IS_BETTER = {"synthesis", "im_metric"}
@@ -99,11 +102,11 @@ class OpenSRTestRun:
             self.config = package.Config(**settings)
         except Exception as err:  # pydantic's ValidationError names the field
             raise ValueError(f"benchmark.config: {err}") from err
-        if not (isinstance(gradient_threshold, (int, float)) or str(gradient_threshold).startswith("auto")):
-            raise ValueError(
-                f"benchmark.gradient_threshold={gradient_threshold!r}: a number or auto<percentile> (auto75)"
-            )
+        _check_threshold(gradient_threshold)
         self.gradient_threshold = gradient_threshold
+        if methods is not None:
+            if not isinstance(methods, list) or not methods or not set(methods) <= set(METHODS):
+                raise ValueError(f"benchmark.methods={methods!r}: null or a non-empty list of {list(METHODS)}")
         self.methods = methods
         self.images: dict[str, list[dict[str, Any]]] = {}
         self.left_out: list[str] = []
@@ -122,12 +125,17 @@ class OpenSRTestRun:
         if sr.shape[-2:] != hr.shape[-2:]:
             raise ValueError(f"{name}: SR {tuple(sr.shape)} and HR {tuple(hr.shape)} differ in size")
         with _global_state_kept(), torch.no_grad():
-            values = self._metrics(self.config).compute(
-                lr=lr.float().cpu(),
-                sr=sr.float().cpu(),
-                hr=hr.float().cpu(),
-                gradient_threshold=self.gradient_threshold,
-            )
+            try:
+                values = self._metrics(self.config).compute(
+                    lr=lr.float().cpu(),
+                    sr=sr.float().cpu(),
+                    hr=hr.float().cpu(),
+                    gradient_threshold=self.gradient_threshold,
+                )
+            except Exception as err:  # a setting the package checks only while measuring (rgb_bands, ...)
+                raise ValueError(
+                    f"opensr-test failed on {name} ({type(err).__name__}: {err}); check benchmark.config"
+                ) from err
         row = {"image": name, **{k: float(values[k]) for k in MEASURES}}
         self.images.setdefault(method, []).append(row)
         return row
@@ -181,6 +189,17 @@ class OpenSRTestRun:
         if self.left_out:
             note += f"; {len(self.left_out)} image(s) with nodata left out"
         return note + "\n" + "\n".join(lines)
+
+
+def _check_threshold(value: Any) -> None:
+    """Metrics.compute's ``gradient_threshold``: a finite number >= 0, ``auto`` or ``auto<1..99>``."""
+    if isinstance(value, bool) or not (
+        (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0)
+        or (isinstance(value, str) and re.fullmatch(r"auto([1-9][0-9]?)?", value))
+    ):
+        raise ValueError(
+            f"benchmark.gradient_threshold={value!r}: a number >= 0, or auto / auto<percentile 1-99> (auto75)"
+        )
 
 
 def _cell(value: dict[str, float]) -> str:

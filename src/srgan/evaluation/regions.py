@@ -146,6 +146,26 @@ def _measure(pred, lr, hr, region, valid, crop, inside, *, scale, border, names,
     return values, shares, counted, lpips_pixels
 
 
+def _benchmark_image(benchmark: OpenSRTestRun, method, lr, pred, hr, valid, image: str) -> None:
+    """One region as one image of the benchmark; one with pixels without data is left out (counted)."""
+    if bool(valid.all()):
+        benchmark.update(method, lr, pred, hr, image)
+    else:
+        benchmark.left_out_image(image)
+
+
+def _weigh(out, values, shares, counted: float, pixels: float, lpips_pixels: float | None) -> None:
+    """A region's measures with the weights they are averaged with over regions: its pixels (LPIPS:
+    its LPIPS pixels; correctness shares: its counted pixels); the counts themselves add up."""
+    for key, value in values.items():
+        out[key].append((value, float(lpips_pixels or 0.0) if key.startswith("lpips") else pixels))
+    for key, value in shares.items():
+        out[key].append((value, counted))
+    out["correctness_pixels"].append((counted, 1.0))
+    if lpips_pixels is not None:
+        out["lpips_pixels"].append((float(lpips_pixels), 1.0))
+
+
 def _pool(pooled: SRMetrics, weighted: dict[str, list[tuple[float, float]]], total_pixels: int) -> dict[str, float]:
     """One method's measures over all regions: pooled metrics, area-weighted means, summed counts."""
     out = pooled.compute()
@@ -221,23 +241,12 @@ def evaluate_regions(
                 pred = match_histograms(pred, lr, reference_valid=region.lr_valid, source_valid=valid)
             pooled[method].update(pred[None], hr[None], valid[None])
             if benchmark is not None and benchmark.wants(method):
-                image = region.source or f"{data.path} region {index}"
-                if bool(valid.all()):
-                    benchmark.update(method, lr, pred, hr, image)
-                else:
-                    benchmark.left_out_image(image)
+                _benchmark_image(benchmark, method, lr, pred, hr, valid, region.source or f"{data.path} region {index}")
             context = {"scale": scale, "border": border, "names": names, "lpips": lpips, "degrade": degrade}
             values, shares, counted, lpips_pixels = _measure(
                 pred, lr, hr, region, valid, crop, inside, thematic=thematic, **context
             )
-            out = weighted[method]
-            for key, value in values.items():
-                out[key].append((value, float(lpips_pixels) if key.startswith("lpips") else pixels))
-            for key, value in shares.items():
-                out[key].append((value, counted))
-            out["correctness_pixels"].append((counted, 1.0))
-            if lpips is not None:
-                out["lpips_pixels"].append((float(lpips_pixels), 1.0))
+            _weigh(weighted[method], values, shares, counted, pixels, lpips_pixels if lpips is not None else None)
             first.setdefault(method, pred)
     if not first:
         raise ValueError(f"{data.path}: the evaluated area has no pixel with data (all nodata after the border)")

@@ -70,6 +70,26 @@ def default_output(model_dir: Path) -> Path:
     return (run_dir if (run_dir / "resolved_config.yaml").is_file() else model_dir) / "eval.json"
 
 
+def report_files(output: Path) -> list[Path]:
+    """Every file :func:`write_report` may write for ``output``."""
+    stem = output.stem
+    return [
+        output,
+        output.with_name(stem + "_table.csv"),
+        output.with_suffix(".png"),
+        output.with_name(stem + "_reliability.png"),
+    ]
+
+
+def refuse_overwrite(output: Path) -> None:
+    """An evaluation's files already there are kept: an error names the first (overwrite=true replaces)."""
+    existing = [f for f in report_files(output) if f.exists()]
+    if existing:
+        raise FileExistsError(
+            f"{existing[0]} exists (an earlier evaluation); pass output=<another path>, or overwrite=true to replace it"
+        )
+
+
 def write_table(results: dict[str, dict[str, float]], path: Path) -> Path:
     """Every measure (rows) of every method (columns) and SR's gain over bicubic, as CSV."""
     with open(path, "w", newline="") as f:
