@@ -283,7 +283,7 @@ def test_broken_sets_are_named(tmp_path):
     with pytest.raises(RasterError, match="holds both naip.pkl and GeoTIFF folders"):
         OpenSRTestData(root=str(tmp_path), name="naip", band_names=BANDS, normalization=_reflectance())
     (tmp_path / "naip" / "L2A" / "roi_0001.tif").unlink()
-    with pytest.raises(RasterError, match=r"roi_0001.tif: no LR image .*L2A/roi_0001.tif"):
+    with pytest.raises(RasterError, match=r"roi_0001.tif: no LR image for this ROI in .*naip/L2A"):
         OpenSRTestData(
             root=str(tmp_path), name="naip", band_names=BANDS, normalization=_reflectance(), format="geotiff"
         )
@@ -297,3 +297,66 @@ def test_pixels_without_data_are_flagged_and_carry_no_signal(tmp_path):
     data = OpenSRTestData(root=str(tmp_path), name="naip", band_names=BANDS, normalization=_reflectance())
     assert not bool(data.regions("test")[1].hr_valid.all()) and bool(data.regions("test")[0].hr_valid.all())
     assert math.isfinite(float(data.regions("test")[1].hr.sum()))  # nodata is 0, flagged by hr_valid
+
+
+def _geotiff_set(root, n=2):
+    lr, hr = images(n)
+    write_roi_folders(root / "naip", lr, hr)
+    return lambda **kw: OpenSRTestData(
+        root=str(root), name="naip", band_names=BANDS, normalization=_reflectance(), **kw
+    )
+
+
+def test_geotiff_rois_that_do_not_match_are_refused_not_measured(tmp_path):
+    """Hostile review, issue 21: each of these was read and measured without a word."""
+    load = _geotiff_set(tmp_path)
+    lr_dir = tmp_path / "naip" / "L2A"
+    with rasterio.open(lr_dir / "roi_0001.tif", "r+") as dst:  # LR 100 km away from its HR
+        dst.transform = Affine(10.0, 0, 610000.0, 0, -10.0, 5200000.0)
+    with pytest.raises(RasterError, match="roi_0001.tif: bounds .* but its LR .* covers"):
+        load()
+    with rasterio.open(lr_dir / "roi_0001.tif", "r+") as dst:
+        dst.crs, dst.transform = CRS.from_epsg(32633), Affine(10.0, 0, 510000.0, 0, -10.0, 5200000.0)
+    with pytest.raises(RasterError, match="roi_0001.tif: CRS EPSG:32614 but its LR"):
+        load()
+    load = _geotiff_set(tmp_path / "b")
+    with rasterio.open(tmp_path / "b/naip/hr_harmonized/roi_0000.tif", "r+") as dst:
+        dst.descriptions = ("B08", "B02", "B03", "B04")
+    with pytest.raises(RasterError, match=r"its bands are named \['B08', 'B02', 'B03', 'B04'\]"):
+        load()
+    load = _geotiff_set(tmp_path / "c")
+    (tmp_path / "c/naip/L2A/roi_0000.tif").rename(tmp_path / "c/naip/L2A/ROI_0000.TIF")
+    assert len(load().regions("test")) == 2  # upper-case names still pair
+    (tmp_path / "c/naip/L2A/roi_0000.tiff").write_bytes((tmp_path / "c/naip/L2A/ROI_0000.TIF").read_bytes())
+    with pytest.raises(RasterError, match="ROI 'roi_0000' twice"):
+        load()
+    # a .tif whose bytes are a VRT pointing elsewhere is not followed
+    load = _geotiff_set(tmp_path / "d")
+    secret = tmp_path / "d/naip/hr_harmonized/roi_0001.tif"
+    vrt = (
+        '<VRTDataset rasterXSize="96" rasterYSize="96"><VRTRasterBand dataType="UInt16" band="1">'
+        f"<SimpleSource><SourceFilename>{secret}</SourceFilename><SourceBand>1</SourceBand></SimpleSource>"
+        "</VRTRasterBand></VRTDataset>"
+    )
+    (tmp_path / "d/naip/hr_harmonized/roi_0000.tif").write_text(vrt)
+    with pytest.raises(RasterError, match="roi_0000.tif: not a readable GeoTIFF"):
+        load()
+
+
+def test_geotiff_masks_and_channel_counts_are_honoured(tmp_path):
+    lr, hr = images(1)
+    write_roi_folders(tmp_path / "naip", lr, hr)
+    with rasterio.open(tmp_path / "naip/hr_harmonized/roi_0000.tif", "r+") as dst:
+        mask = np.full((96, 96), 255, dtype=np.uint8)
+        mask[:48] = 0
+        dst.write_mask(mask)
+    region = OpenSRTestData(root=str(tmp_path), name="naip", band_names=BANDS, normalization=_reflectance())
+    assert int(region.regions("test")[0].hr_valid.sum()) == 48 * 96
+    write_pickle(tmp_path / "p", L2A=np.concatenate([lr, lr], 1), HRharm=hr) if (
+        tmp_path / "p"
+    ).mkdir() is None else None
+    with pytest.raises(RasterError, match=r"'L2A': 8 channels for the 4 band_names .* dataset.lr_bands"):
+        OpenSRTestData(root=str(tmp_path / "p"), name="naip", band_names=BANDS, normalization=_reflectance())
+    write_pickle(tmp_path / "p", L2A=lr[:, :, :0], HRharm=hr[:, :, :0])
+    with pytest.raises(RasterError, match="'L2A' is empty"):
+        OpenSRTestData(root=str(tmp_path / "p"), name="naip", band_names=BANDS, normalization=_reflectance())

@@ -31,7 +31,7 @@ import numpy as np
 PLAIN_KINDS = "biufc"
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """The pickle names or builds something other than plain NumPy arrays in plain containers."""
 
 

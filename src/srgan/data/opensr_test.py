@@ -41,6 +41,30 @@ FOLDERS = {"L1C": "L1C", "L2A": "L2A", "HR": "hr", "HRharm": "hr_harmonized"}
 FORMATS = ("auto", "pickle", "geotiff")
 
 
+def _rois(folder: Path) -> dict[str, Path]:
+    """ROI name (lower case, without .tif / .tiff) -> file; one name twice is an error."""
+    out: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        if file.suffix.lower() not in (".tif", ".tiff") or not file.is_file():
+            continue
+        roi = file.stem.lower()
+        if roi in out:
+            raise RasterError(f"{folder}: ROI {file.stem!r} twice ({out[roi].name} and {file.name})")
+        out[roi] = file
+    return out
+
+
+def _check_same_place(hr_file: Path, hr: dict, lr_file: Path, lr: dict) -> None:
+    """LR and HR of a ROI cover the same ground in the same CRS (to half an LR pixel), or neither is
+    georeferenced."""
+    if (hr["crs"] is None) != (lr["crs"] is None) or (hr["crs"] is not None and hr["crs"] != lr["crs"]):
+        raise RasterError(f"{hr_file}: CRS {hr['crs']} but its LR {lr_file} has {lr['crs']}")
+    if hr["crs"] is not None:
+        tolerance = abs(lr["transform"].a) / 2
+        if any(abs(a - b) > tolerance for a, b in zip(hr["bounds"], lr["bounds"])):
+            raise RasterError(f"{hr_file}: bounds {hr['bounds']} but its LR {lr_file} covers {lr['bounds']}")
+
+
 class OpenSRTestData(_HeldOutAreas):
     """One opensr-test set as normalised test regions (one per image)."""
 
@@ -120,10 +144,17 @@ class OpenSRTestData(_HeldOutAreas):
             raise RasterError(f"{self.path}: {key!r} is {shape}, not an N x C x H x W array")
         if array.dtype.kind not in "uif":
             raise RasterError(f"{self.path}: {key!r} has data type {array.dtype}, not numbers")
+        if 0 in array.shape:
+            raise RasterError(f"{self.path}: {key!r} is empty (shape {array.shape})")
         return array
 
     def _channels(self, where: str, count: int, chosen: Sequence[int | str] | None, key: str) -> list[int]:
         if chosen is None:
+            if count != len(self.band_names):
+                raise RasterError(
+                    f"{where}: {count} channels for the {len(self.band_names)} band_names {self.band_names}; "
+                    f"choose them with dataset.{key} (0-based) or name them all with dataset.band_names"
+                )
             chosen = list(range(len(self.band_names)))
         indices = []
         for band in chosen:
@@ -173,27 +204,37 @@ class OpenSRTestData(_HeldOutAreas):
         lr_dir, hr_dir = self.path / FOLDERS[self.lr_key], self.path / FOLDERS[self.hr_key]
         if not lr_dir.is_dir():
             raise RasterError(f"{self.path}: no {FOLDERS[self.lr_key]}/ folder beside {FOLDERS[self.hr_key]}/")
-        hr_files = sorted(hr_dir.glob("*.tif")) + sorted(hr_dir.glob("*.tiff"))
+        hr_files, lr_files = _rois(hr_dir), _rois(lr_dir)
+        extra = sorted(set(lr_files) - set(hr_files))
+        if extra:
+            raise RasterError(
+                f"{lr_dir}: {len(extra)} ROI(s) without an HR image in {hr_dir} (e.g. {lr_files[extra[0]]})"
+            )
         images = []
-        for hr_file in hr_files:
-            lr_file = lr_dir / hr_file.name
-            if not lr_file.is_file():
-                raise RasterError(f"{hr_file}: no LR image {lr_file} for this ROI")
+        for roi, hr_file in hr_files.items():
+            if roi not in lr_files:
+                raise RasterError(f"{hr_file}: no LR image for this ROI in {lr_dir}")
+            lr_file = lr_files[roi]
             hr_data, hr_meta = self._read_tif(hr_file, bands, "bands")
             lr_data, lr_meta = self._read_tif(lr_file, lr_bands if lr_bands is not None else bands, "lr_bands")
             if lr_meta["dtype"] != hr_meta["dtype"]:
                 raise RasterError(f"{hr_file}: HR is {hr_meta['dtype']} and {lr_file.name} in LR {lr_meta['dtype']}")
+            if images and hr_meta["dtype"] != images[0]["dtype"]:
+                raise RasterError(f"{hr_file}: {hr_meta['dtype']}, but {images[0]['file']} is {images[0]['dtype']}")
             self._check_grid(str(hr_file), lr_data.shape[-2:], hr_data.shape[-2:])
+            _check_same_place(hr_file, hr_meta, lr_file, lr_meta)
             images.append({"name": hr_file.stem, "lr": lr_data, "hr": hr_data, "file": str(hr_file), **hr_meta})
-        extra = sorted({f.name for f in lr_dir.glob("*.tif")} - {f.name for f in hr_files})
-        if extra:
-            raise RasterError(f"{lr_dir}: {len(extra)} ROI(s) without an HR image in {hr_dir} (e.g. {extra[0]})")
         return images
 
     def _read_tif(self, path: Path, chosen, key: str) -> tuple[np.ndarray, dict[str, Any]]:
         try:
-            with rasterio.open(path) as src:
+            # GeoTIFF only: another GDAL format (a VRT) named .tif could read other files
+            with rasterio.open(path, driver="GTiff") as src:
                 names = [d or "" for d in src.descriptions]
+                if chosen is None and src.count != len(self.band_names):
+                    raise RasterError(
+                        f"{path}: {src.count} bands for band_names {self.band_names}; choose them with dataset.{key}"
+                    )
                 indices = []
                 for band in chosen if chosen is not None else range(1, len(self.band_names) + 1):
                     if isinstance(band, str):
@@ -207,13 +248,20 @@ class OpenSRTestData(_HeldOutAreas):
                     raise RasterError(
                         f"{path}: {len(indices)} bands chosen by dataset.{key} for band_names {self.band_names}"
                     )
-                data = src.read(indices)
-                meta = {"dtype": src.dtypes[indices[0] - 1], "transform": src.transform, "crs": src.crs}
-                nodata = src.nodata
+                chosen_names = [names[i - 1] for i in indices]
+                if all(chosen_names) and chosen_names != self.band_names:
+                    raise RasterError(f"{path}: its bands are named {chosen_names}, not band_names {self.band_names}")
+                data = src.read(indices).astype(np.float32)
+                valid = src.read_masks(indices).min(axis=0) > 0
+                meta = {
+                    "dtype": src.dtypes[indices[0] - 1],
+                    "transform": src.transform,
+                    "crs": src.crs,
+                    "bounds": tuple(src.bounds),
+                }
         except RasterioError as err:
-            raise RasterError(f"{path}: cannot read as a raster ({err})") from err
-        if nodata is not None:
-            data = np.where(data == nodata, np.nan, data.astype(np.float32))
+            raise RasterError(f"{path}: not a readable GeoTIFF ({err})") from err
+        data[:, ~valid] = np.nan  # nodata tags and mask bands
         return data, meta
 
     def _check_grid(self, where: str, lr_shape, hr_shape) -> None:
