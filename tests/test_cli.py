@@ -349,8 +349,10 @@ def test_eval_on_opensr_test_geotiff_folders_refuses_the_training_area(trained_r
             with rasterio.open(root / folder / f"ROI_{i:02d}.tif", "w", **profile, crs=crs, transform=t) as dst:
                 dst.write(image)
     common = [f"model={tmp}/run", "dataset=opensr_test", "dataset.name=spot", f"dataset.root={tmp_path / 'sets'}"]
-    out = run("srgan.evaluate", *common, f"tracking.uri={uri}", "log_to_mlflow=false", ok=False)
+    refused = tmp_path / "refused.json"
+    out = run("srgan.evaluate", *common, f"tracking.uri={uri}", f"output={refused}", "log_to_mlflow=false", ok=False)
     assert out.returncode == 2 and "overlaps the area model" in out.stderr and "ROI_00.tif" in out.stderr
+    assert not refused.exists()
     out = run(
         "srgan.evaluate",
         *common,
