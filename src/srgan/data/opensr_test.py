@@ -31,7 +31,7 @@ from rasterio.errors import RasterioError
 
 from srgan.data.datasets import Area, Region, _HeldOutAreas, _normalized, _rgb_indices
 from srgan.data.normalization import resolve_auto
-from srgan.data.rasters import RasterError
+from srgan.data.rasters import RasterError, select_bands
 from srgan.safe_pickle import load_numpy_pickle
 
 # Published scale factors (opensr-test README, "Datasets").
@@ -230,31 +230,24 @@ class OpenSRTestData(_HeldOutAreas):
         try:
             # GeoTIFF only: another GDAL format (a VRT) named .tif could read other files
             with rasterio.open(path, driver="GTiff") as src:
-                names = [d or "" for d in src.descriptions]
                 if chosen is None and src.count != len(self.band_names):
                     raise RasterError(
                         f"{path}: {src.count} bands for band_names {self.band_names}; choose them with dataset.{key}"
                     )
-                indices = []
-                for band in chosen if chosen is not None else range(1, len(self.band_names) + 1):
-                    if isinstance(band, str):
-                        if band not in names:
-                            raise RasterError(f"{path}: no band {band!r} (dataset.{key}; the file has {names})")
-                        band = names.index(band) + 1
-                    if not 1 <= int(band) <= src.count:
-                        raise RasterError(f"{path}: dataset.{key} band {band} is out of range 1..{src.count}")
-                    indices.append(int(band))
+                # names or 1-based indices, each once, one supported data type (the rule every reader uses)
+                selection = select_bands(path, src, None if chosen is None else list(chosen))
+                indices = selection.indices
                 if len(indices) != len(self.band_names):
                     raise RasterError(
                         f"{path}: {len(indices)} bands chosen by dataset.{key} for band_names {self.band_names}"
                     )
-                chosen_names = [names[i - 1] for i in indices]
+                chosen_names = [src.descriptions[i - 1] or "" for i in indices]
                 if all(chosen_names) and chosen_names != self.band_names:
                     raise RasterError(f"{path}: its bands are named {chosen_names}, not band_names {self.band_names}")
                 data = src.read(indices).astype(np.float32)
                 valid = src.read_masks(indices).min(axis=0) > 0
                 meta = {
-                    "dtype": src.dtypes[indices[0] - 1],
+                    "dtype": selection.dtype,
                     "transform": src.transform,
                     "crs": src.crs,
                     "bounds": tuple(src.bounds),
