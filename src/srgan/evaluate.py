@@ -30,6 +30,7 @@ from srgan.evaluation.benchmark import load_benchmark
 from srgan.evaluation.regions import check_compatible, evaluate_regions, fit_std_scale, physical_units
 from srgan.evaluation.uncertainty import SampleSpread, load_sampler
 from srgan.model_source import resolve_model
+from srgan.tta import check_tta
 
 
 def evaluation_data(cfg: DictConfig, options: EvalConfig, model: ExportedModel) -> Any:
@@ -74,21 +75,26 @@ def calibrated_scale(
     return std_scale
 
 
-# eval.yaml's config groups; every other top-level key is one of EvalConfig's.
-GROUPS = ("dataset", "uncertainty", "benchmark", "tracking")
+# eval.yaml's config groups, and ``tta`` (checked by srgan.tta.check_tta: EvalConfig does not hold it
+# yet); every other top-level key is one of EvalConfig's.
+GROUPS = ("dataset", "uncertainty", "benchmark", "tracking", "tta")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
 @user_errors("srgan-eval")
 def main(cfg: DictConfig) -> None:
     options: EvalConfig = validate_entry_config(EvalConfig, cfg, GROUPS)
+    tta = check_tta(cfg.get("tta"), "tta")
     device = pick_device(options.device)
     model = load_model(resolve_model(options.model, cfg.tracking.uri))
     output = Path(options.output) if options.output else report.default_output(model.directory)
     if not options.overwrite:  # before any work, so that nothing already written is lost
         report.refuse_overwrite(output)
     data = evaluation_data(cfg, options, model)
+    if tta == "d4":
+        print("tta=d4: SR is the model's mean over the 8 flips and quarter turns (8 passes per tile)")
     sampler = load_sampler(model, cfg.uncertainty, cfg.tracking.uri)
+    sampler = sampler.with_tta(tta) if sampler is not None else None
     calibrate_on = cfg.uncertainty.get("calibrate_on")
     std_scale = calibrated_scale(sampler, calibrate_on, options, data, model, device)
     benchmark = load_benchmark(cfg.benchmark, data.rgb_indices)
@@ -108,6 +114,7 @@ def main(cfg: DictConfig) -> None:
         clusters=options.clusters,
         std_scale=std_scale,
         benchmark=benchmark,
+        tta=tta,
     )
     units = physical_units(data.normalization, data.dtype)
     print("\n" + report.area_line(data, options.split, regions, options.border, units, results) + "\n")
@@ -124,6 +131,7 @@ def main(cfg: DictConfig) -> None:
         "split": options.split,
         "border": options.border,
         "histogram_match": options.histogram_match,
+        "tta": tta,
         "scale": data.scale,
         "bands": data.band_names,
     }

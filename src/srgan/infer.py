@@ -12,7 +12,8 @@ clipped to the input's data type), as a tiled, DEFLATE-compressed GeoTIFF (or a 
 pixels stay nodata in SR (their scale x scale blocks). A pixel is nodata where every band is at the
 nodata value or the file's mask band says so (GDAL's per-dataset rule: NIR = 0 over water is data);
 ``nodata=<value>`` overrides the file's tag, ``nodata=none`` ignores it. The file appears only once
-complete.
+complete. ``tta=d4`` super-resolves every batch of tiles as the mean over the eight flips and
+quarter turns (:mod:`srgan.tta`, eight passes) and tags the output ``tta=d4``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from srgan.evaluation.fidelity import quantile_maps
 from srgan.evaluation.uncertainty import SampleSpread, load_sampler
 from srgan.model_source import resolve_model
 from srgan.tiling import RowBlender, run_tiles, tile_boxes
+from srgan.tta import D4_SIZE, check_tta, self_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,9 @@ class InferOptions:
     spread goes (None: ``<output>_std.tif``), multiplied by ``std_scale``. ``nodata``: None (the
     input's tag and mask band), a number (overrides the tag) or ``"none"``. GDAL's block cache (by
     default 5 % of the RAM) would otherwise hold written blocks and grow with the scene: it is capped
-    at ``gdal_cache_mb``.
+    at ``gdal_cache_mb``. ``tta``: ``none`` or ``d4`` (each tile the mean of the generator over the
+    eight D4 transforms; with a noise or ensemble ``sampler``, each of its samples; a ``tta`` sampler
+    already is that mean).
     """
 
     bands: list[str | int] | None = None
@@ -82,6 +86,7 @@ class InferOptions:
     std_scale: float = 1.0
     nodata: float | str | None = None
     gdal_cache_mb: int = 256
+    tta: str = "none"
 
 
 @dataclass
@@ -115,6 +120,7 @@ def super_resolve_file(
     (float32, NaN where the input has no data).
     """
     opts = replace(options or InferOptions(), **settings)
+    check_tta(opts.tta, "tta")
     nodata_setting = parse_nodata(opts.nodata, "nodata")
     input_path, output_path = Path(input_path), Path(output_path)
     if sampler is not None and opts.histogram_match:
@@ -132,7 +138,9 @@ def super_resolve_file(
     if not input_path.is_file():
         raise RasterError(f"{input_path}: no such file")
     dev = pick_device(opts.device)
-    generator = (sampler if sampler is not None else model.generator).to(dev)
+    if sampler is not None:
+        sampler = sampler.with_tta(opts.tta)
+    generator = (sampler if sampler is not None else self_ensemble(model.generator, opts.tta)).to(dev)
     if opts.channels_last:
         generator.to(memory_format=torch.channels_last)
     with rasterio.Env(GDAL_CACHEMAX=opts.gdal_cache_mb * 2**20, GDAL_TIFF_INTERNAL_MASK=True):
@@ -317,16 +325,29 @@ def _write_rows(
         dst.write_mask((~missing).astype(np.uint8) * 255, window=window)
 
 
+def _tta_tags(opts: InferOptions, sampler: SampleSpread | None) -> dict[str, str]:
+    """``tta=d4`` (and the passes per sample) when the written values are D4 self-ensembles: with
+    ``tta=d4``, or as the mean of ``uncertainty=tta``'s samples; no tag for single passes."""
+    if opts.tta == "d4" or (sampler is not None and sampler.method == "tta"):
+        return {"tta": "d4", "tta_passes": str(D4_SIZE)}
+    return {}
+
+
 def _describe(dst: Any, std_dst: Any, model: ExportedModel, opts: InferOptions, sampler: SampleSpread | None) -> None:
-    """Band descriptions (and the spread file's uncertainty tags)."""
-    if not opts.histogram_match:
+    """Band descriptions and TTA tags (and the spread file's uncertainty tags)."""
+    tta = _tta_tags(opts, sampler)
+    if not opts.histogram_match:  # else the final file is written (and described) by _finalise
         dst.descriptions = tuple(model.band_names)
+    dst.update_tags(**tta)
     if std_dst is not None:
         std_dst.descriptions = tuple(f"{b}_std" for b in model.band_names)
         std_dst.update_tags(
-            uncertainty_method="noise" if sampler.noise_seeds is not None else "ensemble",
+            uncertainty_method=sampler.method,
             uncertainty_samples=str(sampler.samples),
             uncertainty_std_scale=str(opts.std_scale),
+            # with tta=d4 a noise or ensemble sample is itself an 8-pass mean
+            uncertainty_sample_tta="d4" if sampler.d4 else "none",
+            **tta,
         )
 
 
@@ -342,7 +363,7 @@ def _finish(
     work = plan.work
     if opts.histogram_match:
         maps = quantile_maps(_sample_sr(plan.target, model), np.concatenate(lr_samples, axis=1))
-        _finalise(plan.target, work / "final.tif", plan.profile, model, maps)
+        _finalise(plan.target, work / "final.tif", plan.profile, model, maps, _tta_tags(opts, None))
     if opts.cog:
         rasterio.shutil.copy(work / "final.tif", work / "cog.tif", driver="COG", compress="DEFLATE")
         os.replace(work / "cog.tif", work / "final.tif")
@@ -447,13 +468,16 @@ def _to_output(
     return out
 
 
-def _finalise(stage: Path, target: Path, profile: dict, model: ExportedModel, maps: list | None) -> None:
-    """The float staging file -> the output (histogram-matched), window by window."""
+def _finalise(
+    stage: Path, target: Path, profile: dict, model: ExportedModel, maps: list | None, tags: dict[str, str]
+) -> None:
+    """The float staging file -> the output (histogram-matched), window by window, with ``tags``."""
     with rasterio.open(stage) as src, rasterio.open(target, "w", **profile) as dst:
         for _, window in src.block_windows(1):
             data = src.read(window=window)
             dst.write(_to_output(data, np.zeros(data.shape[1:], bool), profile, model, maps), window=window)
         dst.descriptions = tuple(model.band_names)
+        dst.update_tags(**tags)
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -465,15 +489,19 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(cfg: DictConfig) -> None:
     # SIGTERM (a scheduler's time limit, `kill`) unwinds like Ctrl-C: partial files are removed.
     signal.signal(signal.SIGTERM, _terminate)
-    options: InferConfig = validate_entry_config(InferConfig, cfg, ("uncertainty",))
+    # ``tta`` is checked here (InferConfig does not hold it yet): passed over like a group, then named.
+    options: InferConfig = validate_entry_config(InferConfig, cfg, ("uncertainty", "tta"))
+    tta = check_tta(cfg.get("tta"), "tta")
     model = load_model(resolve_model(options.model, options.tracking_uri))
     sampler = load_sampler(model, cfg.uncertainty, options.tracking_uri)
     shared = {f.name: getattr(options, f.name) for f in fields(InferOptions) if hasattr(options, f.name)}
     shared["std_path"], shared["std_scale"] = options.std_output, float(cfg.uncertainty.std_scale)
+    shared["tta"] = tta
     result = super_resolve_file(model, options.input, options.output, InferOptions(**shared), sampler=sampler)
     spread = f", per-band std -> {result['std_output']} ({sampler.samples} samples)" if sampler else ""
+    ensemble = ", tta=d4 (mean of 8 flips/rotations)" if tta == "d4" else ""
     print(
-        f"super-resolved {options.input} -> {result['output']}{spread} "
+        f"super-resolved {options.input} -> {result['output']}{spread}{ensemble} "
         f"({result['tiles']} tiles in {result['seconds']:.1f} s, {result['tiles_per_s']:.1f} tiles/s)"
     )
 

@@ -28,6 +28,7 @@ from srgan.evaluation.metrics import BandLpips, SRMetrics
 from srgan.evaluation.uncertainty import Calibration, SampleSpread, interval_scale
 from srgan.models.blocks import upsample_image
 from srgan.tiling import tiled_super_resolve
+from srgan.tta import self_ensemble
 
 BASELINES = ("bicubic", "nearest")
 METHODS = ("sr", *BASELINES)
@@ -96,7 +97,7 @@ class _SpreadTally:
     def report(self) -> dict[str, Any]:
         timing = self.timing
         out = {
-            "method": "noise" if self.sampler.noise_seeds is not None else "ensemble",
+            "method": self.sampler.method,
             "samples": self.sampler.samples,
             **self.calibration.compute(),
             **timing,
@@ -111,12 +112,14 @@ class _SpreadTally:
 
 
 def _predictions(
-    model: ExportedModel, lr_n: torch.Tensor, tile: int, overlap: int, batch_size: int, device
+    model: ExportedModel, lr_n: torch.Tensor, tile: int, overlap: int, batch_size: int, device, tta: str = "none"
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """SR (tiled) and the two baselines of one normalised LR area; also the seconds of the SR pass."""
+    """SR (tiled; with ``tta=d4`` the D4 self-ensemble) and the two baselines of one normalised LR
+    area; also the seconds of the SR pass."""
     lr_b = lr_n[None].to(device)
     started = time.perf_counter()
-    sr_n = tiled_super_resolve(model.generator.to(device), lr_n, model.scale, tile, overlap, batch_size, device)
+    network = self_ensemble(model.generator, tta).to(device)
+    sr_n = tiled_super_resolve(network, lr_n, model.scale, tile, overlap, batch_size, device)
     seconds = time.perf_counter() - started
     predictions = {
         "sr": sr_n,
@@ -197,6 +200,7 @@ def evaluate_regions(
     clusters: int = 6,
     std_scale: float | None = None,
     benchmark: OpenSRTestRun | None = None,
+    tta: str = "none",
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Metrics of the model and of each baseline over normalised LR/HR regions, on the pixels that
     hold data only (:func:`evaluation_mask`; ``pixels`` counts them, ``pixels_total`` the cropped
@@ -205,7 +209,9 @@ def evaluate_regions(
     time per area of a single pass and of the sampled pass; with ``std_scale`` (fitted elsewhere,
     e.g. on the validation split) also the calibration of the spread times that factor
     (``recalibrated_*``). With a ``benchmark`` (:mod:`.benchmark`), every region is also one image
-    of the opensr-test package's measures, whole (opensr-test crops its own border)."""
+    of the opensr-test package's measures, whole (opensr-test crops its own border). With
+    ``tta=d4`` "sr" is the model's D4 self-ensemble (:mod:`srgan.tta`; the sampler is given as it
+    should run: :meth:`SampleSpread.with_tta`)."""
     to_physical = physical_converter(data)
     names, scale = data.band_names, model.scale
     pooled = {m: SRMetrics(names, border, per_band_ssim=True, masked=True) for m in METHODS}
@@ -217,7 +223,7 @@ def evaluate_regions(
     total_pixels = 0
     for index, region in enumerate(regions):
         valid = evaluation_mask(region, scale)
-        predictions, single_pass_s = _predictions(model, region.lr, tile, overlap, batch_size, device)
+        predictions, single_pass_s = _predictions(model, region.lr, tile, overlap, batch_size, device, tta)
         if tally is not None:
             tally.timing["single_pass_s"] += single_pass_s
         lr, hr = to_physical(region.lr), to_physical(region.hr)

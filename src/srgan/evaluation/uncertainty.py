@@ -1,12 +1,18 @@
 """Per-pixel uncertainty: several SR samples per input, their mean and spread, and their calibration.
 
-Two ways to draw samples (the ``uncertainty`` config group, ``conf/uncertainty/``: each option names
-its class with ``_target_``; :func:`load_sampler` builds it from plain values, one of the three):
+Three ways to draw samples (the ``uncertainty`` config group, ``conf/uncertainty/``: each option names
+its class with ``_target_``; :func:`load_sampler` builds it from plain values, one of the four):
 
 - ``noise``: the stochastic generator (``generator=stochastic``) run ``samples`` times, sample k
   with the noise drawn from seed ``seed + k`` (reproducible, the same for every tile of a scene);
 - ``ensemble``: the model and the ``members`` (other model folders or ``runs:/`` URIs trained for
-  the same bands, scale and normalisation: other seeds, other checkpoints), one pass each.
+  the same bands, scale and normalisation: other seeds, other checkpoints), one pass each;
+- ``tta``: the model seen through the eight flips and quarter turns of D4 (:mod:`srgan.tta`), one
+  pass each, back-transformed: the mean is ``tta=d4``'s self-ensemble, the spread its disagreement.
+
+With ``tta=d4`` a noise or ensemble sampler runs every sample as its D4 self-ensemble
+(:meth:`SampleSpread.with_tta`: 8 passes per sample); ``uncertainty=tta`` already is the D4 mean, so
+``tta=d4`` leaves it as it is.
 
 :class:`SampleSpread` wraps them as one module whose output holds, per band, the sample mean and
 then the sample standard deviation (``2 x bands`` channels), so the tiled and streamed inference
@@ -34,6 +40,7 @@ from torch import nn
 from srgan.engine.checkpoint import load_model
 from srgan.model_source import resolve_model
 from srgan.models.blocks import NoiseInjection
+from srgan.tta import D4_SIZE, D4Pass, check_tta, d4_mean
 
 # Nominal central-interval levels of the reliability curve.
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6827, 0.8, 0.9, 0.95, 0.99)
@@ -48,9 +55,19 @@ def z_for(level: float) -> float:
 
 class SampleSpread(nn.Module):
     """Runs every member (or one stochastic member with several noise seeds) on the input; returns
-    ``cat([mean, std], dim=1)`` over the samples (sample standard deviation, ``n - 1``)."""
+    ``cat([mean, std], dim=1)`` over the samples (sample standard deviation, ``n - 1``).
 
-    def __init__(self, members: Sequence[nn.Module], noise_seeds: Sequence[int] | None = None) -> None:
+    ``method`` names it in tags and reports (default: ``noise`` with seeds, else ``ensemble``);
+    with ``d4`` every sample is its member's D4 self-ensemble (:func:`srgan.tta.d4_mean`)."""
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        noise_seeds: Sequence[int] | None = None,
+        *,
+        method: str | None = None,
+        d4: bool = False,
+    ) -> None:
         super().__init__()
         if noise_seeds is not None:
             if len(members) != 1:
@@ -61,6 +78,16 @@ class SampleSpread(nn.Module):
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         self.members = nn.ModuleList(members)
         self.noise_seeds = list(noise_seeds) if noise_seeds is not None else None
+        self.method = method or ("noise" if noise_seeds is not None else "ensemble")
+        self.d4 = d4
+
+    def with_tta(self, tta: str) -> SampleSpread:
+        """This sampler under ``tta`` (:mod:`srgan.tta`): itself for ``none`` and for a ``tta``
+        sampler (already the D4 mean: ``tta=d4`` with ``uncertainty=tta`` is the same thing), else
+        a sampler whose every sample is its member's D4 self-ensemble."""
+        if check_tta(tta) == "none" or self.method == "tta" or self.d4:
+            return self
+        return SampleSpread(list(self.members), self.noise_seeds, method=self.method, d4=True)
 
     @property
     def samples(self) -> int:
@@ -79,7 +106,7 @@ class SampleSpread(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = m2 = None
         for n, member in enumerate(self._draws(), start=1):
-            y = member(x).float()
+            y = d4_mean(member, x) if self.d4 else member(x).float()
             if mean is None:
                 mean, m2 = y.clone(), torch.zeros_like(y)
                 continue
@@ -118,6 +145,11 @@ def ensemble_sampler(model: Any, members: Sequence[Any]) -> SampleSpread:
             if a != b:
                 raise ValueError(f"ensemble member {other.directory}: {what} {b} differs from the model's {a}")
     return SampleSpread([model.generator, *(m.generator for m in members)])
+
+
+def tta_sampler(generator: nn.Module) -> SampleSpread:
+    """The eight D4 views of one generator (:class:`srgan.tta.D4Pass`), as samples."""
+    return SampleSpread([D4Pass(generator, i) for i in range(D4_SIZE)], method="tta")
 
 
 @dataclass
@@ -162,13 +194,22 @@ class EnsembleSpread(NoSpread):
         return ensemble_sampler(model, [load(m) for m in self.members])
 
 
+@dataclass
+class TTASpread(NoSpread):
+    """``uncertainty=tta``: the model's eight D4 views (flips and quarter turns, back-transformed):
+    mean and spread of its geometric self-ensemble, for any generator (8 passes)."""
+
+    def sampler(self, model: Any, load: Callable[[str], Any]) -> SampleSpread:
+        return tta_sampler(model.generator)
+
+
 def load_sampler(model: Any, node: Any, tracking_uri: str | None) -> SampleSpread | None:
     """The sampler an ``uncertainty`` config node asks for (None for uncertainty=none); members are
     model folders, run folders or MLflow URIs, resolved like ``model``. The node names one of
-    srgan's three options with plain values (:func:`srgan.config.build_option`)."""
+    srgan's four options with plain values (:func:`srgan.config.build_option`)."""
     from srgan.config import build_option
 
-    option = build_option(node, (NoSpread, NoiseSpread, EnsembleSpread), "uncertainty")
+    option = build_option(node, (NoSpread, NoiseSpread, EnsembleSpread, TTASpread), "uncertainty")
     return option.sampler(model, lambda member: load_model(resolve_model(member, tracking_uri)))
 
 
