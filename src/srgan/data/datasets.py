@@ -393,10 +393,10 @@ def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
-def _augment(lr: torch.Tensor, hr: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One of the 8 flips / 90-degree rotations, identical for LR and HR."""
+def _augment(*images: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+    """One of the 8 flips / 90-degree rotations, identical for every image (LR, HR, validity masks)."""
     k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-    return _dihedral(lr, k, flip), _dihedral(hr, k, flip)
+    return tuple(_dihedral(x, k, flip).contiguous() for x in images)
 
 
 class RasterSRData(_HeldOutAreas):
@@ -623,19 +623,35 @@ class RasterPatches(Dataset):
             inner = (slice(None), slice(m, m + p), slice(m, m + p))
             reason = d.filter.reason(data[inner], valid[inner[1:]], d.water_index)
             if reason is None:
-                hr = _normalized(d.normalization, data, valid)
-                lr = d.degradation.masked(hr, torch.from_numpy(valid), rng)[0]
-                lr = lr[:, m // s : (m + p) // s, m // s : (m + p) // s]
-                hr = hr[inner]
-                if self.augment:
-                    lr, hr = _augment(lr, hr, rng)
-                return {"lr": lr.contiguous(), "hr": hr.contiguous()}
+                return self._item(d, data, valid, rng)
             reasons.append(reason)
         counts = {k: reasons.count(k) for k in set(reasons)}
         raise RasterError(
             f"{d.path}: no training patch passed dataset.filters in {d.filter.max_tries} tries "
             f"(rejected for {counts}); loosen the filters or check the area"
         )
+
+    def _item(self, d: RasterSRData, data: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> dict:
+        """LR, HR and HR's validity (``hr_valid``: the loss leaves nodata out) of one accepted window;
+        for a degradation drawn on the device (``on_device``), HR with its context instead of LR."""
+        s, p, m = d.scale, d.patch_size, d.margin
+        hr, valid_t = _normalized(d.normalization, data, valid), torch.from_numpy(valid)
+        if getattr(d.degradation, "on_device", False):
+            if self.augment:
+                hr, valid_t = _augment(hr, valid_t, rng=rng)
+            inner = (slice(m, m + p), slice(m, m + p))
+            return {
+                "hr": hr[:, inner[0], inner[1]].contiguous(),
+                "hr_valid": valid_t[inner].contiguous(),
+                "hr_context": hr.contiguous(),
+                "valid_context": valid_t.contiguous(),
+            }
+        lr = d.degradation.masked(hr, valid_t, rng)[0]
+        lr = lr[:, m // s : (m + p) // s, m // s : (m + p) // s]
+        hr, valid_t = hr[:, m : m + p, m : m + p], valid_t[m : m + p, m : m + p]
+        if self.augment:
+            lr, hr, valid_t = _augment(lr, hr, valid_t, rng=rng)
+        return {"lr": lr.contiguous(), "hr": hr.contiguous(), "hr_valid": valid_t.contiguous()}
 
 
 class Tiles(Dataset):
@@ -989,7 +1005,8 @@ class PairedPatches(Dataset):
         q, s = d.patch_size // d.scale, d.scale
         r, c = int(rng.integers(0, lr_src.height - q + 1)), int(rng.integers(0, lr_src.width - q + 1))
         lr_t = _normalized(d.lr_normalization, *lr_src.read(Window(c, r, q, q)))
-        hr_t = _normalized(d.normalization, *hr_src.read(Window(c * s, r * s, q * s, q * s)))
+        hr_data, hr_valid = hr_src.read(Window(c * s, r * s, q * s, q * s))
+        hr_t, valid_t = _normalized(d.normalization, hr_data, hr_valid), torch.from_numpy(hr_valid)
         if self.augment:
-            lr_t, hr_t = _augment(lr_t, hr_t, rng)
-        return {"lr": lr_t.contiguous(), "hr": hr_t.contiguous()}
+            lr_t, hr_t, valid_t = _augment(lr_t, hr_t, valid_t, rng=rng)
+        return {"lr": lr_t.contiguous(), "hr": hr_t.contiguous(), "hr_valid": valid_t.contiguous()}

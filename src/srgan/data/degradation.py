@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,6 +95,11 @@ class Resample:
         return F.interpolate(
             x, size=(h // self.scale, w // self.scale), mode=self.method, antialias=True, align_corners=False
         )
+
+    def operator(self, x: torch.Tensor) -> torch.Tensor:
+        """The deterministic linear part on a batch ``(batch, bands, H, W)`` (differentiable; no shift, no
+        noise): what :class:`srgan.losses.LRConsistencyLoss` applies to SR."""
+        return self._resample(x)
 
     def __call__(self, hr: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
         """Degrade ``(bands, H, W)`` or ``(batch, bands, H, W)``; H and W must be multiples of scale."""
@@ -240,6 +247,9 @@ class Degradation(Resample):
         lr = self._add_noise(lr, rng)
         return lr.squeeze(0) if squeeze else lr
 
+    def operator(self, x: torch.Tensor) -> torch.Tensor:
+        return self._linear(x.float(), None)
+
     def _draw_shift(self, rng: np.random.Generator) -> tuple[float, float] | None:
         if self.shift is None and self.max_shift <= 0:
             return None
@@ -275,3 +285,191 @@ class Degradation(Resample):
             f"Degradation(scale={self.scale}, method={self.method!r}, psf={self.psf!r}, snr={self.snr}, "
             f"shift={self.shift}, max_shift={self.max_shift})"
         )
+
+
+ORDERS = ("blur_resize", "resize_blur")
+
+
+def _range(value: Any, key: str, low: float, name: str) -> tuple[float, float] | None:
+    """A ``[lo, hi]`` setting (one number: a fixed value) checked against its lower bound; None stays None."""
+    if value is None:
+        return None
+    pair = [float(value)] * 2 if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(pair) != 2 or not low <= pair[0] <= pair[1]:
+        raise ValueError(f"dataset.degradation.{key} must be [lo, hi] with {low} <= lo <= hi ({name}), got {value!r}")
+    return pair[0], pair[1]
+
+
+class RandomDegradation(Degradation):
+    """A new degradation for every training image, drawn and applied on the training device (kornia).
+
+    Per image (``B`` draws a batch): the PSF of each band is its nominal Gaussian (``psf``: ``s2_mtf``
+    or sigmas, as in :class:`Degradation`) with its width multiplied by a factor uniform in
+    ``psf_width``, made anisotropic (major / minor sigma ratio uniform in ``anisotropy``, the product
+    of the two sigmas kept, so the blurred area stays) and turned by an angle uniform in [0, pi);
+    LR is misregistered by a shift uniform in ``[-max_shift, max_shift]`` LR pixels per axis; the
+    noise has a signal-to-noise ratio log-uniform in ``snr`` (mean |signal| / noise std per band;
+    null: none). ``orders`` lists the orders drawn from, once per batch: ``blur_resize`` (PSF on the
+    HR grid, then the resampling ``method``: the physical order) or ``resize_blur`` (resampling first,
+    then the PSF scaled to the LR grid).
+
+    Held-out areas (validation, test) are degraded with the nominal operator: the same PSF at width
+    factor 1, isotropic, no shift, no noise, so validation numbers stay comparable between runs.
+    Training patches carry their HR context (``margin``) and the loop calls :meth:`degrade_batch`
+    on the device with a generator seeded by (``seed``, process, batch position): a resumed run
+    draws the same degradations as an uninterrupted one.
+    """
+
+    on_device = True
+
+    def __init__(
+        self,
+        scale: int,
+        method: str = "box",
+        psf: str | float | Sequence[float] | None = "s2_mtf",
+        band_names: Sequence[str] | None = None,
+        psf_width: Sequence[float] | float = (0.75, 1.5),
+        anisotropy: Sequence[float] | float = (1.0, 2.0),
+        snr: Sequence[float] | float | None = (40.0, 400.0),
+        max_shift: float = 0.5,
+        orders: Sequence[str] = ("blur_resize",),
+        seed: int = 0,
+    ) -> None:
+        if psf is None:
+            raise ValueError("dataset.degradation.psf: a random degradation needs a nominal PSF (s2_mtf or sigmas)")
+        super().__init__(scale, method, psf, band_names, seed=seed)
+        self.psf_width = _range(psf_width, "psf_width", 1e-3, "a factor on the nominal width")
+        self.anisotropy = _range(anisotropy, "anisotropy", 1.0, "major / minor sigma")
+        self.snr_range = _range(snr, "snr", 1e-6, "mean signal / noise std")
+        if max_shift < 0:
+            raise ValueError(f"dataset.degradation.max_shift must be >= 0, got {max_shift}")
+        self.random_shift = float(max_shift)
+        orders = [str(o) for o in ([orders] if isinstance(orders, str) else orders)]
+        if not orders or any(o not in ORDERS for o in orders):
+            raise ValueError(f"dataset.degradation.orders must list some of {ORDERS}, got {orders}")
+        self.orders = orders
+
+    @property
+    def kernel_radius(self) -> int:
+        """HR pixels of the largest PSF drawn (3 major sigmas), before its shift."""
+        widest = max(self.sigmas) * self.psf_width[1] * math.sqrt(self.anisotropy[1])
+        return max(1, math.ceil(3.0 * widest))
+
+    @property
+    def margin(self) -> int:
+        need = max(super().margin, self.kernel_radius + 1 + math.ceil(self.random_shift * self.scale))
+        return need + (-need % self.scale)
+
+    def draw(self, batch: int, bands: int, generator: torch.Generator, device: torch.device) -> DrawnDegradation:
+        """One batch's parameters, drawn from ``generator`` (on ``device``)."""
+
+        def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+            return lo + (hi - lo) * torch.rand(shape, generator=generator, device=device)
+
+        nominal = torch.tensor(self.sigmas * bands if len(self.sigmas) == 1 else self.sigmas, device=device)
+        if nominal.numel() != bands:
+            raise ValueError(f"dataset.degradation.psf gives {nominal.numel()} sigmas for {bands} bands")
+        sigma = nominal[None] * uniform(*self.psf_width, batch, 1)
+        ratio = uniform(*self.anisotropy, batch, 1).sqrt()
+        angle = uniform(0.0, math.pi, batch, 1).expand(batch, bands)
+        shift = uniform(-self.random_shift, self.random_shift, batch, 2)
+        snr = None
+        if self.snr_range is not None:
+            lo, hi = math.log(self.snr_range[0]), math.log(self.snr_range[1])
+            snr = uniform(lo, hi, batch, 1, 1, 1).exp()
+        order = self.orders[int(torch.randint(len(self.orders), (1,), generator=generator, device=device))]
+        return DrawnDegradation(self, sigma * ratio, sigma / ratio, angle, shift, snr, order)
+
+    def degrade_batch(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:
+        """LR for a batch of training patches with context (``hr_context``, ``valid_context``): HR and
+        its validity cropped to the patch, plus ``degrade``, the drawn linear operator (for
+        :class:`srgan.losses.LRConsistencyLoss`)."""
+        context = batch["hr_context"].float()
+        generator = torch.Generator(device=context.device).manual_seed(seed)
+        drawn = self.draw(context.shape[0], context.shape[1], generator, context.device)
+        weight = batch["valid_context"].to(context.dtype)[:, None]
+        if bool(weight.min() > 0):
+            lr = drawn(context)
+        else:  # normalised convolution, as in Resample.masked: nodata never leaks into LR values
+            lr, coverage = drawn(torch.cat([context * weight, weight.expand_as(context)])).chunk(2)
+            lr = torch.where(coverage >= 0.5, lr / coverage.clamp_min(1e-6), torch.zeros_like(lr))
+        q = self.margin // self.scale
+        lr = drawn.noise(lr[..., q : lr.shape[-2] - q, q : lr.shape[-1] - q], generator)
+        out = {k: v for k, v in batch.items() if k not in ("hr_context", "valid_context")}
+        out.update(lr=lr.contiguous(), degrade=drawn)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"RandomDegradation(scale={self.scale}, method={self.method!r}, psf={self.psf!r}, "
+            f"psf_width={self.psf_width}, anisotropy={self.anisotropy}, snr={self.snr_range}, "
+            f"max_shift={self.random_shift}, orders={self.orders})"
+        )
+
+
+@dataclass
+class DrawnDegradation:
+    """One batch's random degradation: per image and band the PSF's major and minor sigma (HR pixels)
+    and angle, per image the shift (LR pixels, [dy, dx]) and SNR, one order. Calling it applies the
+    linear part (shift, PSF, resampling; differentiable); :meth:`noise` adds the noise."""
+
+    owner: RandomDegradation
+    major: torch.Tensor
+    minor: torch.Tensor
+    angle: torch.Tensor
+    shift: torch.Tensor
+    snr: torch.Tensor | None
+    order: str
+
+    def kernels(self, grid_scale: float = 1.0) -> torch.Tensor:
+        """Normalised 2-D PSFs ``(batch * bands, k, k)`` on a grid ``grid_scale`` HR pixels wide,
+        centred on the image's shift: a shifted Gaussian is the PSF of the misregistered image, so
+        the shift costs no resampling of its own."""
+        owner = self.owner
+        radius = max(1, math.ceil((owner.kernel_radius + owner.random_shift * owner.scale) / grid_scale))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=self.major.device)
+        bands = self.major.shape[1]
+        offset = (self.shift * owner.scale / grid_scale).repeat_interleave(bands, 0)  # (batch * bands, [dy, dx])
+        yy = x[None, :, None] - offset[:, 0, None, None]
+        xx = x[None, None, :] - offset[:, 1, None, None]
+        cos, sin = self.angle.cos().flatten()[:, None, None], self.angle.sin().flatten()[:, None, None]
+        u, v = cos * xx + sin * yy, -sin * xx + cos * yy
+        a = (self.major.flatten() / grid_scale)[:, None, None]
+        b = (self.minor.flatten() / grid_scale)[:, None, None]
+        taps = torch.exp(-0.5 * ((u / a) ** 2 + (v / b) ** 2))
+        return taps / taps.sum(dim=(-2, -1), keepdim=True)
+
+    def _blur(self, x: torch.Tensor, grid_scale: float) -> torch.Tensor:
+        from kornia.filters import filter2d
+
+        n, c, h, w = x.shape
+        repeat = n // self.major.shape[0]  # an image stacked with its weight map shares its PSFs
+        kernels = self.kernels(grid_scale).repeat(repeat, 1, 1)
+        return filter2d(x.reshape(n * c, 1, h, w), kernels, border_type="reflect").reshape(n, c, h, w)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.order == "blur_resize" and self.owner.method == "box":
+            return self._blur_box(x)
+        if self.order == "blur_resize":
+            return self.owner._resample(self._blur(x, 1.0))
+        return self._blur(self.owner._resample(x), float(self.owner.scale))
+
+    def _blur_box(self, x: torch.Tensor) -> torch.Tensor:
+        """PSF then block means as one strided convolution with the PSF convolved with the block
+        (the LR pixels alone are computed: ``scale^2`` times less work; equal to ``_blur`` then
+        ``avg_pool2d`` to rounding)."""
+        n, c, h, w = x.shape
+        s, kernels = self.owner.scale, self.kernels(1.0)
+        radius = kernels.shape[-1] // 2
+        box = torch.ones(1, 1, s, s, dtype=kernels.dtype, device=kernels.device) / s**2
+        merged = F.conv2d(kernels[:, None], box, padding=s - 1)  # (n*c, 1, k + s - 1, k + s - 1), flipped box = box
+        merged = merged.repeat(n // self.major.shape[0], 1, 1, 1)
+        padded = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+        return F.conv2d(padded, merged, stride=s, groups=n * c).reshape(n, c, h // s, w // s)
+
+    def noise(self, lr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.snr is None:
+            return lr
+        level = lr.abs().mean(dim=(-2, -1), keepdim=True) / self.snr
+        return lr + torch.randn(lr.shape, generator=generator, device=lr.device) * level

@@ -112,6 +112,8 @@ def build_training_run(cfg: DictConfig, settings: Settings, accelerator: Acceler
     the networks, optimizers and loader prepared by ``accelerator``."""
     trainer, schedule = settings.trainer, settings.schedule
     generator, discriminator, loss, optimizer_g, optimizer_d = build_networks(cfg, accelerator.device)
+    degradation = getattr(data, "degradation", None)
+    loss.bind(degradation, data.scale, f"dataset {getattr(data, 'name', '?')}")
     lr_g = LRSchedule(optimizer_g, trainer.max_steps, **vars(schedule.lr_g), name="lr_g")
     lr_d = LRSchedule(optimizer_d, trainer.max_steps, **vars(schedule.lr_d), name="lr_d")
     ema = EMA(generator, schedule.ema.decay, schedule.ema.start_step, schedule.ema.warmup, schedule.ema.enabled)
@@ -148,6 +150,7 @@ def build_training_run(cfg: DictConfig, settings: Settings, accelerator: Acceler
         ema=ema,
         ramp=AdversarialRamp(schedule.pretrain_steps, schedule.ramp.steps, schedule.ramp.shape),
         d_schedule=DiscriminatorSchedule(d.warmup_steps, d.every, d.steps_per_g, d.holdback),
+        degradation=degradation if getattr(degradation, "on_device", False) else None,
     )
     cadence = Cadence(
         max_steps=trainer.max_steps,

@@ -184,6 +184,9 @@ class Parts:
     ema: EMA
     ramp: AdversarialRamp
     d_schedule: DiscriminatorSchedule
+    # A degradation drawn on the device (srgan.data.degradation.RandomDegradation): batches carry HR
+    # with its context, and LR is made here, per batch; None: the loader's batches hold LR.
+    degradation: Any = None
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -191,18 +194,39 @@ def _due(step: int, every: int, last: int) -> bool:
 
 
 class _Batches:
-    """The training batches from the data position ``state.batches`` on, each one counted there."""
+    """The training batches from the data position ``state.batches`` on, each one counted there.
 
-    def __init__(self, accelerator: Accelerator, loader: DataLoader, state: TrainState, channels_last: bool) -> None:
-        self.state, self.channels_last = state, channels_last
+    With a ``degradation`` drawn on the device, each batch's LR is made here from its HR context,
+    seeded by (the degradation's seed, the process, the batch position): the same draws after a resume.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        loader: DataLoader,
+        state: TrainState,
+        channels_last: bool,
+        degradation: Any = None,
+    ) -> None:
+        self.state, self.channels_last, self.degradation = state, channels_last, degradation
+        self.process = accelerator.process_index
         self._it = iter(accelerator.skip_first_batches(loader, state.batches) if state.batches else loader)
 
-    def next(self) -> dict[str, torch.Tensor]:
+    def next(self) -> dict[str, Any]:
         self.state.batches += 1
         batch = next(self._it)
+        if self.degradation is not None:
+            words = [int(getattr(self.degradation, "seed", 0)), self.process, self.state.batches]
+            seed = int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
+            batch = self.degradation.degrade_batch(batch, seed)
         if self.channels_last:
-            batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+            batch = {k: _channels_last(v) for k, v in batch.items()}
         return batch
+
+
+def _channels_last(value: Any) -> Any:
+    """Images (4-D tensors) in NHWC memory; masks and other entries as they are."""
+    return value.contiguous(memory_format=torch.channels_last) if torch.is_tensor(value) and value.dim() == 4 else value
 
 
 class _NonFiniteGuard:
@@ -333,7 +357,7 @@ def _discriminator_only_step(
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """D against the frozen generator's SR of ``batch`` (warm-up and the extra D steps per G step)."""
     with torch.no_grad(), accelerator.autocast():
-        sr = g_module(batch["lr"])
+        sr = p.loss.masked(g_module(batch["lr"]), batch["hr"], batch.get("hr_valid"))
     return discriminator_step(accelerator, p.discriminator, p.loss, p.optimizer_d, batch["hr"], sr, grad_clip)
 
 
@@ -414,7 +438,7 @@ def fit(
     p, clip = parts, cadence.grad_clip
     step_options = {"fused": cadence.fused_gan_step, "grad_clip": clip}
     g_module = accelerator.unwrap_model(p.generator)
-    batches = _Batches(accelerator, loader, state, cadence.channels_last)
+    batches = _Batches(accelerator, loader, state, cadence.channels_last, p.degradation)
     guard = _NonFiniteGuard(accelerator, state, cadence.max_nonfinite, checkpoints.root)
     train_log = _TrainLog(accelerator, p, tracker, health, state.step)
     bar = _progress_bar(accelerator, cadence, state)

@@ -43,6 +43,12 @@ def _finish(
     return stepped, norm.detach()
 
 
+def content_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """What the content terms take from a batch besides SR and HR: LR (for LR consistency), HR's
+    validity (nodata is left out of the loss) and the batch's own drawn degradation, if any."""
+    return {"lr": batch.get("lr"), "valid": batch.get("hr_valid"), "degrade": batch.get("degrade")}
+
+
 def generator_step(
     accelerator: Accelerator,
     generator: nn.Module,
@@ -60,8 +66,8 @@ def generator_step(
     going around DDP keeps D's gradient-bucket bookkeeping untouched by G's backward pass.
     """
     with accelerator.autocast():
-        sr = generator(batch["lr"])
-        total, stats = loss.content(sr, batch["hr"])
+        sr = loss.masked(generator(batch["lr"]), batch["hr"], batch.get("hr_valid"))
+        total, stats = loss.content(sr, batch["hr"], **content_inputs(batch))
         if adversarial_weight > 0:
             discriminator.requires_grad_(False)
             try:
@@ -269,8 +275,8 @@ def _shared_forward(
     ``fake`` is SR itself when G's loss goes through D (``through_d``), else a detached leaf."""
     hr = batch["hr"]
     with accelerator.autocast():
-        sr = generator(batch["lr"])
-        content, stats = loss.content(sr, hr)
+        sr = loss.masked(generator(batch["lr"]), hr, batch.get("hr_valid"))
+        content, stats = loss.content(sr, hr, **content_inputs(batch))
         real, interp = _discriminator_inputs(loss.adversarial, hr, sr)
         fake = sr if through_d else sr.detach().requires_grad_(adversarial_weight > 0)
         real_logits = discriminator(real if interp is None else torch.cat([real, interp]))

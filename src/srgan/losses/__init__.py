@@ -2,6 +2,7 @@
 
 from srgan.losses.adversarial import GANLoss
 from srgan.losses.composite import CompositeLoss
+from srgan.losses.consistency import LRConsistencyLoss
 from srgan.losses.perceptual import LPIPSLoss, VGGPerceptualLoss
 from srgan.losses.pixel import CharbonnierLoss, L1Loss, L2Loss
 from srgan.losses.spectral import BandMeanLoss, SAMLoss
@@ -15,6 +16,7 @@ __all__ = [
     "L1Loss",
     "L2Loss",
     "LPIPSLoss",
+    "LRConsistencyLoss",
     "SAMLoss",
     "SSIMLoss",
     "TVLoss",

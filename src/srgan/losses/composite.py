@@ -33,6 +33,7 @@ class CompositeLoss(nn.Module):
         weights: Mapping[str, float],
         terms: Mapping[str, nn.Module | Mapping[str, Any] | None],
         adversarial: GANLoss | Mapping[str, Any],
+        mask_nodata: bool = True,
     ) -> None:
         super().__init__()
         weights = {str(k): float(v) for k, v in _plain(weights).items()}
@@ -56,22 +57,67 @@ class CompositeLoss(nn.Module):
             {k: _built(v, f"loss.terms.{k}") for k, v in terms.items() if v is not None and weights[k] != 0}
         )
         self.adversarial = _built(_plain(adversarial), "loss.adversarial")
+        self.mask_nodata = bool(mask_nodata)
+
+    def bind(self, degradation: Any, scale: int, dataset: str = "the dataset") -> None:
+        """Give the terms that degrade SR again (``lr_consistency``) the dataset's degradation."""
+        for term in self.terms.values():
+            if getattr(term, "needs_lr", False):
+                term.bind(degradation, scale, dataset)
 
     @property
     def adversarial_weight(self) -> float:
         return float(self.weights[ADVERSARIAL])
 
-    def content(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted content loss, computed in fp32 even under autocast, and each unweighted term (detached)."""
+    def masked(self, sr: torch.Tensor, hr: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """SR with HR in its nodata pixels (``valid``: ``(batch, H, W)``, true where HR holds data):
+        there every term sees no error and passes no gradient, and D sees the same fill in real and
+        fake (HR's nodata is zero-filled). SR itself without a mask, with ``mask_nodata`` off, or
+        when every pixel is valid."""
+        if valid is None or not self.mask_nodata or bool(valid.all()):
+            return sr
+        return torch.where(valid[:, None].to(sr.device), sr, hr.to(sr.dtype))
+
+    def content(
+        self,
+        sr: torch.Tensor,
+        hr: torch.Tensor,
+        lr: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        degrade: Any = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted content loss, computed in fp32 even under autocast, and each unweighted term (detached).
+
+        With ``valid`` (HR's data pixels) and ``mask_nodata``, nodata pixels are left out: SR is
+        :meth:`masked` there, and each term is divided by the share of valid pixels, so a per-pixel
+        term is its mean over the valid pixels alone. ``lr`` (and ``degrade``, a batch's own drawn
+        degradation) feed the LR-consistency term, on the LR pixels whose HR footprint is all valid.
+        """
         with torch.autocast(sr.device.type, enabled=False):
-            sr, hr = sr.float(), hr.float()
+            sr, hr = self.masked(sr.float(), hr.float(), valid), hr.float()
+            share, lr_valid = self._valid_share(valid, sr)
             total = sr.new_zeros(())
             parts: dict[str, torch.Tensor] = {}
             for name, term in self.terms.items():
-                value = term(sr, hr)
+                if getattr(term, "needs_lr", False):
+                    if lr is None:
+                        raise ValueError(f"loss.terms.{name} needs the batch's LR")
+                    value = term(sr, lr, degrade, lr_valid)
+                else:
+                    value = term(sr, hr) / share
                 parts[name] = value.detach()
                 total = total + self.weights[name] * value
         return total, parts
+
+    def _valid_share(self, valid: torch.Tensor | None, sr: torch.Tensor) -> tuple[torch.Tensor | float, Any]:
+        if valid is None or not self.mask_nodata or bool(valid.all()):
+            return 1.0, None
+        scale = next((t.scale for t in self.terms.values() if getattr(t, "needs_lr", False)), None)
+        weight = valid.to(sr.device, sr.dtype)
+        lr_valid = None
+        if scale:
+            lr_valid = torch.nn.functional.avg_pool2d(weight[:, None], scale)[:, 0] > 1 - 1e-6
+        return weight.mean().clamp_min(1.0 / weight.numel()), lr_valid
 
 
 def _plain(value: Any) -> Any:
