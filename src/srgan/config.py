@@ -197,11 +197,22 @@ class TrackingConfig:
 
 
 @dataclass
+class InitConfig:
+    """``init``: how ``init_from`` loads trained weights into a new run (:mod:`srgan.engine.init_from`)."""
+
+    strict: bool = MISSING
+    discriminator: bool = MISSING
+    adapt_bands: bool = MISSING
+
+
+@dataclass
 class Settings:
     trainer: TrainerConfig
     schedule: ScheduleConfig
     tracking: TrackingConfig
     resume: str | None = None
+    init_from: str | None = None
+    init: InitConfig | None = None
 
 
 def _check(schema: type, node: Any, section: str) -> Any:
@@ -229,7 +240,11 @@ def validate_training_config(cfg: DictConfig) -> Settings:
         schedule=_check(ScheduleConfig, schedule_node, "schedule"),
         tracking=_check(TrackingConfig, cfg.tracking, "tracking"),
         resume=_check_resume(cfg.get("resume")),
+        init_from=_check_init_from(cfg.get("init_from")),
+        init=_check(InitConfig, _section(cfg, "init"), "init"),
     )
+    if settings.init.discriminator and settings.init_from is None:
+        raise ConfigError("init.discriminator=true loads D from init_from's run, but init_from is null")
     if settings.trainer.grad_accumulation > 1 and settings.schedule.discriminator.steps_per_g > 1:
         raise ConfigError(
             "schedule.discriminator.steps_per_g > 1 cannot be combined with trainer.grad_accumulation > 1 "
@@ -319,6 +334,22 @@ def _check_resume(value: Any) -> str | None:
     if not path.exists():
         raise ConfigError(f"resume={value!r}: no such checkpoint or run folder (use resume=auto or a path)")
     return str(path)
+
+
+def _section(cfg: DictConfig, key: str) -> Any:
+    if key not in cfg or not isinstance(cfg[key], DictConfig):
+        raise ConfigError(f"config has no {key!r} section; is conf/train.yaml intact?")
+    return cfg[key]
+
+
+def _check_init_from(value: Any) -> str | None:
+    """``init_from``: null or a non-empty path / URI string. Whether it exists is checked when it is
+    used: a resumed run ignores it, and its source may be gone by then."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"init_from must be a run folder, a model folder or an MLflow URI, got {value!r}")
+    return value
 
 
 # Keys with which Hydra's instantiate would call, or change how it calls, code named in a config.

@@ -1,6 +1,7 @@
 """``srgan-train``: compose a run from config groups, train it, track it in MLflow, export the model.
 
 srgan-train experiment=demo generator.n_blocks=8 loss.weights.adversarial=0.005
+srgan-train init_from=outputs/demo/<run> loss.weights.adversarial=0.005   # a new run from trained weights
 srgan-train --cfg job            # print the composed config and exit
 """
 
@@ -209,6 +210,41 @@ def _open_run(cfg: DictConfig, tracker: Any, checkpoint: Path | None, state: Any
     return run_id
 
 
+def _start_weights(
+    cfg: DictConfig, settings: Any, accelerator: Any, run: Any, data: Any, checkpoint: Path | None, run_dir: Path
+) -> dict[str, Any] | None:
+    """Where the weights start: the checkpoint resumed (``init_from`` is then ignored: the run it
+    started continues), else ``init_from``'s weights, else the random initialisation. Returns
+    ``init_from``'s report (:mod:`srgan.engine.init_from`), None without it."""
+    from srgan.engine.checkpoint import load_checkpoint
+    from srgan.engine.init_from import initialise
+
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint, run.pieces)
+        log.info("resuming from %s at step %d", checkpoint, run.state.step)
+        if settings.init_from is not None:
+            log.info("init_from=%s ignored: the run continues from its checkpoint", settings.init_from)
+        return None
+    if settings.resume == "auto":
+        start = "from init_from" if settings.init_from is not None else "from scratch"
+        log.info("resume=auto: no checkpoint in %s, starting %s", run_dir, start)
+    if settings.init_from is None:
+        return None
+    return initialise(settings, cfg, run.parts, data, lambda m: accelerator.unwrap_model(m, keep_torch_compile=False))
+
+
+def _record_init(tracker: Any, report: dict[str, Any], run_dir: Path) -> None:
+    """Tag the new run with its source (no parent-run link: sweeps nest runs) and keep the load
+    report in the run folder (``init_from.json``) and as an artifact."""
+    from srgan.engine.init_from import summary, write_report
+
+    tags = {"init_from": report["init_from"], "init_from_report": summary(report)[:4000]}
+    if report.get("source_run_id"):
+        tags["init_from_run_id"] = str(report["source_run_id"])
+    tracker.set_tags(tags)
+    tracker.log_artifact(write_report(report, run_dir))
+
+
 def _export(cfg: DictConfig, accelerator: Any, run: Any, data: Any, tracker: Any, run_dir: Path, run_id: str | None):
     """Check that every process ends with the same weights, then export the EMA generator with its card."""
     from accelerate.utils import gather_object
@@ -251,7 +287,7 @@ def _train(cfg: DictConfig, run_dir: str | Path, stop: Any) -> dict[str, Any]:
     from accelerate.utils import broadcast_object_list, set_seed
 
     from srgan.engine.build import backbone_passes, build_training_run
-    from srgan.engine.checkpoint import CheckpointManager, load_checkpoint
+    from srgan.engine.checkpoint import CheckpointManager
     from srgan.engine.loop import fit
     from srgan.engine.validation import validate
 
@@ -271,11 +307,7 @@ def _train(cfg: DictConfig, run_dir: str | Path, stop: Any) -> dict[str, Any]:
     if accelerator.is_main_process:
         for note in backbone_passes(cfg.loss, run.parts.loss.terms):
             log.info(note)
-    if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint, run.pieces)
-        log.info("resuming from %s at step %d", checkpoint, run.state.step)
-    elif settings.resume == "auto":
-        log.info("resume=auto: no checkpoint in %s, starting from scratch", run_dir)
+    init_report = _start_weights(cfg, settings, accelerator, run, data, checkpoint, run_dir)
 
     # Everything that can fail on a config value is built before a run exists in MLflow.
     val_set = data.val_dataset("val")
@@ -298,6 +330,8 @@ def _train(cfg: DictConfig, run_dir: str | Path, stop: Any) -> dict[str, Any]:
     try:
         if accelerator.is_main_process:
             run_id = _open_run(cfg, tracker, checkpoint, state, run_dir)
+            if init_report is not None:
+                _record_init(tracker, init_report, run_dir)
         state.run_id = run_id = broadcast_object_list([run_id])[0]
         loop = (run.loader, state, run.cadence, tracker, checkpoints, validator, run.health, stop)
         metrics = fit(accelerator, run.parts, *loop)
