@@ -328,8 +328,8 @@ def test_eval_on_an_opensr_test_set_runs_the_package_beside_srgan_own_measures(t
     client = MlflowClient(uri)
     (run_info,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
     logged = run_info.data.metrics
-    assert logged["eval_test_opensr_test_im_metric"] == pytest.approx(bench["summary"]["sr"]["im_metric"]["mean"])
-    assert "eval_test_opensr_test_ha_metric_gain" in logged
+    assert logged["eval_naip_test_opensr_test_im_metric"] == pytest.approx(bench["summary"]["sr"]["im_metric"]["mean"])
+    assert "eval_naip_test_opensr_test_ha_metric_gain" in logged and "eval_test_psnr" not in logged
 
 
 def test_eval_on_opensr_test_geotiff_folders_refuses_the_training_area(trained_run, tmp_path):

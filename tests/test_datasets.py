@@ -374,7 +374,11 @@ def test_every_degradation_option_instantiates_on_the_sample(option):
     cfg = compose_config("train", [f"dataset/degradation={option}"])
     data = instantiate(cfg.dataset, _convert_="all")
     item = data.train_dataset(4, 0)[1]
+    if getattr(data.degradation, "on_device", False):  # LR is made by the training loop, per batch
+        item = data.degradation.degrade_batch({k: v[None] for k, v in item.items()}, seed=0)
+        item = {k: v[0] for k, v in item.items() if torch.is_tensor(v)}
     assert item["lr"].shape == (4, 24, 24) and torch.isfinite(item["lr"]).all()
+    assert item["hr_valid"].shape == (96, 96) and item["hr_valid"].all()
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "dataset" / "normalization").glob("*.yaml")))

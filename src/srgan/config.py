@@ -203,6 +203,22 @@ class InitConfig:
     strict: bool = MISSING
     discriminator: bool = MISSING
     adapt_bands: bool = MISSING
+    # This run's band name -> the source's band name, for bands that are the same under other
+    # names (e.g. NAIP's R, G, B, NIR and Sentinel-2's B04, B03, B02, B08).
+    band_map: dict[str, str] | None = None
+
+
+def check_band_map(band_map: dict[str, str], ours: list[str], theirs: list[str], key: str, whose: str) -> list[str]:
+    """``ours`` renamed by ``band_map`` (our name -> the name in ``theirs``); every key must be one
+    of ours and every value one of theirs, each used once, or a ``ConfigError`` naming ``key``."""
+    problems = [f"{k!r} is not a band of this dataset {ours}" for k in band_map if k not in ours]
+    problems += [f"{v!r} is not one of {whose} {theirs}" for v in band_map.values() if v not in theirs]
+    if problems:
+        raise ConfigError(f"{key}: {'; '.join(problems)}")
+    renamed = [band_map.get(b, b) for b in ours]
+    if len(set(renamed)) != len(renamed):
+        raise ConfigError(f"{key}: maps two bands to one name: {renamed}")
+    return renamed
 
 
 @dataclass
@@ -284,6 +300,9 @@ class EvalConfig(TiledPassConfig):
     histogram_match: bool = MISSING
     clusters: int = MISSING
     log_to_mlflow: bool = MISSING
+    # The dataset's band name -> the model's, for the same bands under other names.
+    band_map: dict[str, str] | None = None
+    normalize_as: str = "model"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -292,6 +311,8 @@ class EvalConfig(TiledPassConfig):
             raise ConfigError(f"lpips must be alex, vgg or null, got {self.lpips!r}")
         if self.clusters < 2:
             raise ConfigError(f"clusters must be >= 2, got {self.clusters}")
+        if self.normalize_as not in ("model", "dataset"):
+            raise ConfigError(f"normalize_as must be model or dataset, got {self.normalize_as!r}")
 
 
 @dataclass

@@ -41,13 +41,18 @@ def evaluation_data(cfg: DictConfig, options: EvalConfig, model: ExportedModel) 
         print(f"evaluating on the data the model was trained on: {data.path} ({data.name}, as its model card records)")
     else:
         data = instantiate(cfg.dataset, _convert_="all")
-    check_compatible(model, data)
+    check_compatible(model, data, options.band_map)
+    if options.band_map:
+        print(f"band_map: the dataset's bands {list(data.band_names)} are the model's {list(model.band_names)}")
     if options.allow_train_overlap:
         print(f"allow_train_overlap=true: the {options.split} area is NOT checked against the training area")
     else:
         check_held_out(model, data, options.split)
     # The model sees data normalised as in its training (e.g. its z-score statistics), whatever
     # normalisation the evaluation's dataset config names.
+    if options.normalize_as == "dataset":  # another sensor: its own units, e.g. NAIP's DN / 255
+        print(f"normalize_as=dataset: the model sees {data.normalization!r} (trained on {model.normalization!r})")
+        return data
     if model.normalization.to_config() != data.normalization.to_config():
         print(f"using the model's normalisation {model.normalization!r} instead of {data.normalization!r}")
         data.normalization = model.normalization

@@ -50,7 +50,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from srgan.config import ConfigError
+from srgan.config import ConfigError, check_band_map
 from srgan.engine.checkpoint import (
     MODEL_CONFIG,
     MODEL_WEIGHTS,
@@ -248,10 +248,13 @@ def _check_settings(source: InitSource, generator_cfg: dict[str, Any], strict: b
     return differences
 
 
-def _bands(source: InitSource, state: dict, band_names: list[str], strict: bool, adapt: bool) -> tuple[dict, Any]:
+def _bands(
+    source: InitSource, state: dict, band_names: list[str], strict: bool, adapt: bool, band_map: dict | None = None
+) -> tuple[dict, Any]:
     src = list(source.card["data"]["band_names"])
+    band_names = check_band_map(dict(band_map or {}), list(band_names), src, "init.band_map", "the source's bands")
     if src == list(band_names):
-        return state, None
+        return state, ({"band_map": dict(band_map)} if band_map else None)
     if adapt:
         return adapt_bands(state, src, list(band_names), source.weights)
     if strict:
@@ -276,12 +279,13 @@ def load_generator(
     band_names: list[str],
     strict: bool = True,
     adapt_bands: bool = True,
+    band_map: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Load the source's generator weights into ``generator`` (built from ``generator_cfg`` for a
     run on ``band_names``); returns the report. Nothing changes if it raises."""
     differences = _check_settings(source, generator_cfg, strict, adapt_bands)
     state = read_weights(source.weights, "generator weights")
-    state, bands = _bands(source, state, band_names, strict, adapt_bands)
+    state, bands = _bands(source, state, band_names, strict, adapt_bands, band_map)
     fit = fit_report(state, generator.state_dict())
     if strict and _misfit(fit):
         raise InitError(f"{source.weights}: does not fit this run's generator: {_misfit(fit)}")
@@ -360,7 +364,8 @@ def initialise(settings: Any, cfg: Any, parts: Any, data: Any, unwrap: Any) -> d
     source = resolve_source(source_text, settings.tracking.uri)
     generator = unwrap(parts.generator)
     generator_cfg = OmegaConf.to_container(cfg.generator, resolve=True)
-    loaded = load_generator(generator, source, generator_cfg, list(data.band_names), init.strict, init.adapt_bands)
+    options = (init.strict, init.adapt_bands, dict(init.band_map or {}))
+    loaded = load_generator(generator, source, generator_cfg, list(data.band_names), *options)
     # The EMA copied G when it was built: it must start from the loaded weights too.
     parts.ema.module.load_state_dict(generator.state_dict())
     discriminator = None

@@ -60,20 +60,45 @@ def normalized_difference(image: torch.Tensor, a: int, b: int, eps: float = 1e-6
     return torch.where(total > eps, (x - y) / total.clamp_min(eps), torch.full_like(total, math.nan)).float()
 
 
+# Without NDWI's bands, water is where HR's SWIR1 reflectance is below this: open water absorbs
+# almost all SWIR (clear water reflects well under 0.03 at 1.6 um; soil, vegetation and built-up
+# land reflect 0.1 - 0.4), so a dark-SWIR threshold is the usual water test of SWIR-only data.
+SWIR_WATER_BELOW = 0.03
+
+
+def water_mask(hr: torch.Tensor, band_names: Sequence[str]) -> torch.Tensor | None:
+    """HR's open water ``(H, W)`` in physical units: NDWI > 0 (McFeeters 1996) where green and NIR
+    exist, else SWIR1 reflectance < :data:`SWIR_WATER_BELOW`; None when neither can be computed."""
+    bands = available_indices(band_names)
+    if "ndwi" in bands:
+        return normalized_difference(hr, *bands["ndwi"]) > 0
+    swir1 = _find(band_names, ("B11", "SWIR1"))
+    return None if swir1 is None else hr[swir1] < SWIR_WATER_BELOW
+
+
 def index_errors(
-    pred: torch.Tensor, hr: torch.Tensor, band_names: Sequence[str], valid: torch.Tensor | None = None
+    pred: torch.Tensor,
+    hr: torch.Tensor,
+    band_names: Sequence[str],
+    valid: torch.Tensor | None = None,
+    water: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """``<index>_mae`` and ``<index>_rmse`` of each available index of ``pred`` against HR's, over
-    the ``valid`` pixels where both indices are defined."""
+    the ``valid`` pixels where both indices are defined; with ``water`` (:func:`water_mask`) also
+    ``<index>_mae_water`` and ``<index>_mae_land``: a ratio index of two dark bands is where SR goes
+    wrong first, and a mean over a mostly-land area hides it."""
     out = {}
     for name, (a, b) in available_indices(band_names).items():
         diff = normalized_difference(pred, a, b) - normalized_difference(hr, a, b)
         keep = torch.isfinite(diff) if valid is None else torch.isfinite(diff) & valid.bool()
-        diff = diff[keep].double()
-        if diff.numel() == 0:
+        if not bool(keep.any()):
             continue
-        out[f"{name}_mae"] = float(diff.abs().mean())
-        out[f"{name}_rmse"] = float(diff.pow(2).mean().sqrt())
+        out[f"{name}_mae"] = float(diff[keep].double().abs().mean())
+        out[f"{name}_rmse"] = float(diff[keep].double().pow(2).mean().sqrt())
+        if water is not None:
+            for part, where in (("water", keep & water.bool()), ("land", keep & ~water.bool())):
+                if bool(where.any()):
+                    out[f"{name}_mae_{part}"] = float(diff[where].double().abs().mean())
     return out
 
 

@@ -22,7 +22,7 @@ from srgan.data.datasets import Region
 from srgan.data.normalization import LinearScale, dtype_scale
 from srgan.engine.checkpoint import ExportedModel
 from srgan.evaluation.benchmark import OpenSRTestRun
-from srgan.evaluation.downstream import ThematicAgreement, index_errors
+from srgan.evaluation.downstream import ThematicAgreement, index_errors, water_mask
 from srgan.evaluation.fidelity import clean_degradation, consistency, correctness, ergas, match_histograms, synthesis
 from srgan.evaluation.metrics import BandLpips, SRMetrics
 from srgan.evaluation.uncertainty import Calibration, SampleSpread, interval_scale
@@ -34,13 +34,20 @@ BASELINES = ("bicubic", "nearest")
 METHODS = ("sr", *BASELINES)
 
 
-def check_compatible(model: ExportedModel, data: Any) -> None:
-    """The model must have been trained for this scale and these bands, in this order."""
+def check_compatible(model: ExportedModel, data: Any, band_map: dict[str, str] | None = None) -> None:
+    """The model must have been trained for this scale and these bands, in this order; ``band_map``
+    (the dataset's band name -> the model's) names bands that are the same under other names."""
+    from srgan.config import check_band_map
+
     if model.scale != data.scale:
         raise ValueError(f"model {model.directory} is x{model.scale} but dataset.scale={data.scale}")
-    if list(model.band_names) != list(data.band_names):
+    ours = list(data.band_names)
+    renamed = check_band_map(dict(band_map or {}), ours, list(model.band_names), "band_map", "the model's")
+    if renamed != list(model.band_names):
+        mapped = f" (as {renamed} through band_map)" if band_map else ""
         raise ValueError(
-            f"model {model.directory} expects bands {model.band_names}, dataset {data.path} gives {data.band_names}"
+            f"model {model.directory} expects bands {model.band_names}, dataset {data.path} gives {ours}{mapped}; "
+            "band_map={<dataset band>: <model band>} names the same bands under other names"
         )
 
 
@@ -140,7 +147,7 @@ def _measure(pred, lr, hr, region, valid, crop, inside, *, scale, border, names,
         per_band, lpips_pixels = lpips(pred[crop], hr[crop], inside)
         values["lpips"] = float(np.mean(per_band))
         values.update({f"lpips_{n}": v for n, v in zip(names, per_band)})
-    values.update(index_errors(pred[crop], hr[crop], names, inside))
+    values.update(index_errors(pred[crop], hr[crop], names, inside, water_mask(hr[crop], names)))
     values.update(thematic.compare(pred[crop]))
     values.update(consistency(pred, lr, degrade, border, valid, region.lr_valid))
     values.update(synthesis(pred, lr, hr, scale, border, valid))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from typing import Any
 # single-point chart per method and measure. Their keys have no "/": MLflow's run page shows such
 # metrics in its last section, after the train/ and val/ curves, and the runs table as columns.
 SUMMARY_METRICS = ("psnr", "ssim", "sam_deg", "lpips", "ergas", "hallucination_share")
+# Also logged: the spectral-index errors the bands allow (e.g. ndvi_mae, nbr2_mae_water).
+INDEX_ERROR = re.compile(r"(ndvi|ndwi|nbr2|ndmi)_mae(_water|_land)?")
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -147,7 +150,8 @@ def write_report(
 def summary_metrics(results: dict[str, dict[str, float]], split: str) -> dict[str, float]:
     """``eval_<split>_<measure>`` of SR and ``eval_<split>_<measure>_gain`` over bicubic, finite only."""
     out = {}
-    for key in SUMMARY_METRICS:
+    indices = sorted(k for k in results["sr"] if INDEX_ERROR.fullmatch(k))
+    for key in (*SUMMARY_METRICS, *indices):
         sr, bicubic = results["sr"].get(key, math.nan), results["bicubic"].get(key, math.nan)
         out[f"eval_{split}_{key}"] = sr
         out[f"eval_{split}_{key}_gain"] = sr - bicubic
@@ -192,11 +196,15 @@ def log_to_mlflow(
         if attached
         else tracker.start({"model": str(model.directory), "dataset": data.name, "split": split})
     )
-    finite = summary_metrics(results, split)
-    finite.update({f"eval_{split}_{k}": v for k, v in (extra or {}).items() if math.isfinite(v)})
+    # On data other than the model's own (another sensor, a benchmark set), the keys carry the
+    # dataset's name, so that they never overwrite the home test area's numbers.
+    home = (model.config.get("data") or {}).get("dataset", {}).get("name")
+    where = split if home in (None, data.name) else f"{data.name}_{split}"
+    finite = summary_metrics(results, where)
+    finite.update({f"eval_{where}_{k}": v for k, v in (extra or {}).items() if math.isfinite(v)})
     tracker.log_metrics(finite, step=int(source.get("step") or 0))
     for file in files:
-        tracker.log_artifact(file, "evaluation")
+        tracker.log_artifact(file, "evaluation" if where == split else f"evaluation/{data.name}")
     # A training run keeps its own status; a run made for this evaluation is finished here.
     tracker.finish(status=None if attached else "FINISHED")
     print(f"logged to MLflow run {run_id} ({tracker.uri}){'' if attached else ' (a new evaluation run)'}")
