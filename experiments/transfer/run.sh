@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Transfer: Sentinel-2-trained generators (fixed box degradation vs random degradations drawn on the
+# device) on data they never saw, the bundled NAIP crop (its own box x4 degradation, 8-bit DN), then
+# after a short init_from fine-tune on NAIP's training area; beside a NAIP model trained from scratch
+# for the same steps.
+#   bash experiments/transfer/run.sh      # ~20 min on 2 CPU cores (reuses the perception-distortion pretrain)
+#   python experiments/transfer/table.py  # writes experiments/transfer/results.md
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-outputs/transfer}
+FIXED=${FIXED:-outputs/perception-distortion/pretrain}
+STEPS=${STEPS:-1000}
+TUNE=${TUNE:-300}
+BIN=${BIN:-.venv/bin}
+export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db}
+common=(experiment=demo tracking.experiment_name=transfer trainer.progress=false trainer.ckpt_every=0
+        loss.weights.adversarial=0)
+map='{R:B04,G:B03,B:B02,NIR:B08}'
+mkdir -p "$OUT/eval"
+
+if [ ! -f "$FIXED/model/generator.safetensors" ]; then  # the same recipe as the study's pretrain
+  FIXED=$OUT/s2_fixed
+  [ -f "$FIXED/model/generator.safetensors" ] || "$BIN/srgan-train" "${common[@]}" tracking.run_name=s2_fixed \
+    schedule.pretrain_steps="$STEPS" trainer.max_steps="$STEPS" hydra.run.dir="$FIXED"
+fi
+RANDOM_RUN=$OUT/s2_random
+[ -f "$RANDOM_RUN/model/generator.safetensors" ] || "$BIN/srgan-train" "${common[@]}" tracking.run_name=s2_random \
+  dataset/degradation=random schedule.pretrain_steps="$STEPS" trainer.max_steps="$STEPS" hydra.run.dir="$RANDOM_RUN"
+
+# Home ground first: both on the Sentinel-2 test area (fixed box degradation, as the study's).
+for pair in "fixed:$FIXED" "random:$RANDOM_RUN"; do
+  "$BIN/srgan-eval" model="${pair#*:}" split=test figure=false overwrite=true output="$OUT/eval/${pair%%:*}_s2.json"
+done
+naip=(dataset=naip_rgbn_x4 split=test figure=false overwrite=true)
+for pair in "fixed:$FIXED" "random:$RANDOM_RUN"; do
+  name=${pair%%:*} model=${pair#*:}
+  # Zero-shot: NAIP in its own units (DN / 255), its bands named as the model's.
+  "$BIN/srgan-eval" model="$model" "${naip[@]}" band_map="$map" normalize_as=dataset \
+    output="$OUT/eval/${name}_naip.json"
+  dir=$OUT/${name}_naip_tuned
+  [ -f "$dir/model/generator.safetensors" ] || "$BIN/srgan-train" "${common[@]}" dataset=naip_rgbn_x4 \
+    tracking.run_name="${name}_naip_tuned" init_from="$model" init.band_map="$map" \
+    schedule.pretrain_steps="$TUNE" trainer.max_steps="$TUNE" schedule.optimizer_g.lr=2e-4 hydra.run.dir="$dir"
+  "$BIN/srgan-eval" model="$dir" "${naip[@]}" output="$OUT/eval/${name}_naip_tuned.json"
+done
+dir=$OUT/naip_scratch
+[ -f "$dir/model/generator.safetensors" ] || "$BIN/srgan-train" "${common[@]}" dataset=naip_rgbn_x4 \
+  tracking.run_name=naip_scratch schedule.pretrain_steps="$TUNE" trainer.max_steps="$TUNE" hydra.run.dir="$dir"
+"$BIN/srgan-eval" model="$dir" "${naip[@]}" output="$OUT/eval/naip_scratch.json"
