@@ -98,12 +98,12 @@ def study_table(client: MlflowClient, experiment: str, where: str = "test") -> s
     if not runs:
         raise SystemExit(f"experiment {experiment!r} has no finished run evaluated on {where!r} (run srgan-eval)")
     columns = [c for c in STUDY if any(f"eval_{where}_{c[0]}" in r.data.metrics for r in runs)]
-    head = "| run | " + " | ".join(c[1] for c in columns) + " | train min | init_from |"
-    lines = [head, "|" + "---|" * (len(columns) + 3)]
+    head = "| run | " + " | ".join(c[1] for c in columns) + " | steps | train min | init_from |"
+    lines = [head, "|" + "---|" * (len(columns) + 4)]
 
-    def row(name: str, values: dict[str, float], minutes: str, parent: str) -> str:
+    def row(name: str, values: dict[str, float], minutes: str, parent: str, steps: str = "") -> str:
         cells = [fmt.format(values[key]) if key in values else "" for key, _, fmt in columns]
-        return f"| {name} | " + " | ".join(cells) + f" | {minutes} | {parent} |"
+        return f"| {name} | " + " | ".join(cells) + f" | {steps} | {minutes} | {parent} |"
 
     first = runs[0].data.metrics
     bicubic = {
@@ -117,7 +117,8 @@ def study_table(client: MlflowClient, experiment: str, where: str = "test") -> s
         values = {k: m[f"eval_{where}_{k}"] for k, _, _ in columns if f"eval_{where}_{k}" in m}
         minutes = f"{(run.info.end_time - run.info.start_time) / 60000:.1f}" if run.info.end_time else ""
         parent = run.data.tags.get("init_from", "")
-        lines.append(row(run.info.run_name, values, minutes, f"`{Path(parent).name}`" if parent else ""))
+        steps = run.data.params.get("trainer.max_steps", "")
+        lines.append(row(run.info.run_name, values, minutes, f"`{Path(parent).name}`" if parent else "", steps))
     return "\n".join(lines)
 
 

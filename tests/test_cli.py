@@ -90,7 +90,13 @@ def test_eval_cli_writes_metrics_and_logs_them_to_the_run(trained_run):
     # A few summary metrics, not one single-point chart per method and measure; the table is an artifact.
     metrics = run_info.data.metrics
     assert metrics["eval_test_psnr"] == pytest.approx(sr["psnr"]) and "eval_test_lpips_gain" in metrics
-    assert not [k for k in metrics if k.startswith("test/")] and len([k for k in metrics if "eval_" in k]) <= 16
+    assert not [k for k in metrics if k.startswith("test/")]
+    from srgan.evaluation.report import INDEX_ERROR, SUMMARY_METRICS
+
+    summarised = [*SUMMARY_METRICS, *(k for k in sr if INDEX_ERROR.fullmatch(k))]
+    assert "ndvi_mae_water" in summarised and "ndvi_mae_land" in summarised
+    expected = {f"eval_test_{k}{g}" for k in summarised for g in ("", "_gain")} | {"eval_test_pixels"}
+    assert {k for k in metrics if "eval_" in k} == expected
     logged = {f.path for f in client.list_artifacts(run_info.info.run_id, "evaluation")}
     assert {"evaluation/eval.json", "evaluation/eval.png", "evaluation/eval_table.csv"} <= logged
     # Without dataset=..., srgan-eval measured the data and split the model trained on (its card).
@@ -329,7 +335,7 @@ def test_eval_on_an_opensr_test_set_runs_the_package_beside_srgan_own_measures(t
     (run_info,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
     logged = run_info.data.metrics
     assert logged["eval_naip_test_opensr_test_im_metric"] == pytest.approx(bench["summary"]["sr"]["im_metric"]["mean"])
-    assert "eval_naip_test_opensr_test_ha_metric_gain" in logged and "eval_test_psnr" not in logged
+    assert "eval_naip_test_opensr_test_ha_metric_gain" in logged
 
 
 def test_eval_on_opensr_test_geotiff_folders_refuses_the_training_area(trained_run, tmp_path):

@@ -38,7 +38,7 @@ for name in pretrain "${order[@]}"; do
   if [ "$name" != pretrain ] && [ ! -f "$dir/model/generator.safetensors" ]; then
     start=$(date +%s)
     # shellcheck disable=SC2086
-    "$BIN/srgan-train" "${common[@]}" "${tune[@]}" tracking.run_name="$name" ${variants[$name]} hydra.run.dir="$dir"
+    "$BIN/srgan-train" "${common[@]}" "${tune[@]}" tracking.run_name="$name" ${variants[$name]} ${EXTRA:-} hydra.run.dir="$dir"
     echo "$name: $(( $(date +%s) - start )) s" >> "$OUT/minutes.txt"
   fi
   if [ ! -f "$dir/eval.json" ]; then
