@@ -280,13 +280,8 @@ def test_eval_normalize_as_dataset_changes_what_the_model_sees(evaluations):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="BUG: with normalize_as=model the measures are in the model's units (DN / 10000), not the data's (DN / 255)",
-)
 def test_eval_units_are_the_datasets_whatever_normalize_as(evaluations):
-    # docs/evaluation.md: values "in the data's physical units (... DN / 255 for 8-bit; the model's
+    # Fixed (was a bug): docs/evaluation.md: values "in the data's physical units (... DN / 255 for 8-bit; the model's
     # own normalisation is used to feed it)". evaluate.evaluation_data replaces data.normalization by
     # the model's, and regions.physical_units(data.normalization, ...) then measures uint8 data in
     # DN / 10000: bicubic's PSNR gains 20 log10(10000 / 255) = 31.9 dB over normalize_as=dataset.
@@ -474,15 +469,11 @@ def test_init_band_map_is_a_checked_config_key():
     assert validate_training_config(compose_config("train", [])).init.band_map is None
 
 
-# BUG (src/srgan/engine/init_from.py, summary()): a band_map that makes the names equal to the
-# source's gives the report bands={"band_map": {...}}, which summary() reads as an adaptation report
-# (bands["copied"]): KeyError, so every such run fails in initialise() before its first step.
-BAND_MAP_SUMMARY_BUG = pytest.mark.xfail(
-    raises=KeyError, strict=True, reason="init_from.summary() reads bands['copied'] of a band_map-only report"
-)
+# Was a bug (found by these tests): a band_map that makes the names equal to the source's gives the
+# report bands={"band_map": {...}}, which summary() read as an adaptation report (bands["copied"]):
+# KeyError, so every such run failed in initialise() before its first step.
 
 
-@BAND_MAP_SUMMARY_BUG
 def test_the_init_from_summary_of_a_band_map_load():
     loaded = {"generator": {"loaded": 20, "of": 20, "missing": [], "unexpected": [], "mismatched": []}}
     line = summary({**loaded, "bands": {"band_map": dict(zip(NAIP, S2))}, "discriminator": None})
@@ -490,7 +481,6 @@ def test_the_init_from_summary_of_a_band_map_load():
 
 
 @pytest.mark.slow
-@BAND_MAP_SUMMARY_BUG
 def test_a_run_on_the_other_names_from_init_from_with_init_band_map(trained, rgbn_tif, tmp_path):
     data = [
         "dataset=raster",

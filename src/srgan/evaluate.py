@@ -27,7 +27,13 @@ from srgan.devices import pick_device
 from srgan.engine.checkpoint import ExportedModel, load_model
 from srgan.evaluation import report
 from srgan.evaluation.benchmark import load_benchmark
-from srgan.evaluation.regions import check_compatible, evaluate_regions, fit_std_scale, physical_units
+from srgan.evaluation.regions import (
+    check_compatible,
+    dataset_units,
+    evaluate_regions,
+    fit_std_scale,
+    physical_units,
+)
 from srgan.evaluation.uncertainty import SampleSpread, load_sampler
 from srgan.model_source import resolve_model
 from srgan.tta import check_tta
@@ -50,6 +56,7 @@ def evaluation_data(cfg: DictConfig, options: EvalConfig, model: ExportedModel) 
         check_held_out(model, data, options.split)
     # The model sees data normalised as in its training (e.g. its z-score statistics), whatever
     # normalisation the evaluation's dataset config names.
+    data.units = physical_units(data.normalization, data.dtype)  # measured in the data's own units
     if options.normalize_as == "dataset":  # another sensor: its own units, e.g. NAIP's DN / 255
         print(f"normalize_as=dataset: the model sees {data.normalization!r} (trained on {model.normalization!r})")
         return data
@@ -121,7 +128,7 @@ def main(cfg: DictConfig) -> None:
         benchmark=benchmark,
         tta=tta,
     )
-    units = physical_units(data.normalization, data.dtype)
+    units = dataset_units(data)
     print("\n" + report.area_line(data, options.split, regions, options.border, units, results) + "\n")
     print(report.format_table(results))
     if benchmark is not None:

@@ -401,13 +401,15 @@ def summary(report: dict[str, Any]) -> str:
     for key in ("missing", "unexpected", "mismatched"):
         if g[key]:
             parts.append(f"{len(g[key])} {key}")
-    bands = report.get("bands")
-    if bands and not bands.get("by_position"):
+    bands = report.get("bands") or {}
+    if bands.get("band_map"):
+        parts.append(f"bands mapped by init.band_map {bands['band_map']}")
+    if "copied" in bands:
         parts.append(
             f"bands copied [{shorten(bands['copied'])}], from mean [{shorten(bands['mean'])}], "
             f"dropped [{shorten(bands['dropped'])}], input x{bands['input_scale']:.4g}"
         )
-    elif bands:
+    elif bands.get("by_position"):
         parts.append(f"bands {bands['source']} loaded by position into {bands['run']}")
     d = report.get("discriminator")
     parts.append(f"D from step {d['step']}" if d else "D fresh")

@@ -61,9 +61,17 @@ def physical_units(normalization: Any, dtype: str) -> LinearScale:
     return LinearScale(dtype_scale(dtype))
 
 
+def dataset_units(data: Any) -> LinearScale:
+    """The physical units of ``data``: those of its own normalisation, kept in ``data.units`` by
+    ``srgan-eval`` before the model's normalisation replaces it (8-bit data fed to a model trained
+    on uint16 reflectance is still measured in DN / 255)."""
+    units = getattr(data, "units", None)
+    return units if units is not None else physical_units(data.normalization, data.dtype)
+
+
 def physical_converter(data: Any):
     """Normalised tensors of ``data`` -> its physical units (:func:`physical_units`), on the CPU."""
-    phys = physical_units(data.normalization, data.dtype)
+    phys = dataset_units(data)
 
     def to_physical(x: torch.Tensor) -> torch.Tensor:
         return phys.normalize(data.normalization.denormalize(x.float().cpu()))
