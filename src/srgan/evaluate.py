@@ -32,7 +32,6 @@ from srgan.evaluation.regions import (
     dataset_units,
     evaluate_regions,
     fit_std_scale,
-    physical_units,
 )
 from srgan.evaluation.uncertainty import SampleSpread, load_sampler
 from srgan.model_source import resolve_model
@@ -56,7 +55,6 @@ def evaluation_data(cfg: DictConfig, options: EvalConfig, model: ExportedModel) 
         check_held_out(model, data, options.split)
     # The model sees data normalised as in its training (e.g. its z-score statistics), whatever
     # normalisation the evaluation's dataset config names.
-    data.units = physical_units(data.normalization, data.dtype)  # measured in the data's own units
     if options.normalize_as == "dataset":  # another sensor: its own units, e.g. NAIP's DN / 255
         print(f"normalize_as=dataset: the model sees {data.normalization!r} (trained on {model.normalization!r})")
         return data
