@@ -280,14 +280,8 @@ def test_eval_normalize_as_dataset_changes_what_the_model_sees(evaluations):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="open: with normalize_as=model 8-bit data is measured in the model's units (DN / 10000); keeping the "
-    "dataset's own units broke opensr-test sets stored as DN floats (issue 22 note)",
-)
 def test_eval_units_are_the_datasets_whatever_normalize_as(evaluations):
-    # Fixed (was a bug): docs/evaluation.md: values "in the data's physical units (... DN / 255 for 8-bit; the model's
+    # Was a bug (issue 22): docs/evaluation.md: values "in the data's physical units (... DN / 255 for 8-bit; the model's
     # own normalisation is used to feed it)". evaluate.evaluation_data replaces data.normalization by
     # the model's, and regions.physical_units(data.normalization, ...) then measures uint8 data in
     # DN / 10000: bicubic's PSNR gains 20 log10(10000 / 255) = 31.9 dB over normalize_as=dataset.
@@ -509,3 +503,29 @@ def test_a_run_on_the_other_names_from_init_from_with_init_band_map(trained, rgb
         assert torch.equal(new[key], src[key]), key
     report = json.loads((Path(result["run_dir"]) / "init_from.json").read_text())
     assert report["bands"] == {"band_map": dict(zip(NAIP, S2))}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "target", "expected"),
+    [
+        ("uint8", "srgan.data.normalization.ByDataType", 255.0),  # the uint8 convention
+        ("uint16", "srgan.data.normalization.ByDataType", 10000.0),
+        ("float32", "srgan.data.normalization.LinearScale", 10000.0),  # declared: dataset/normalization=reflectance
+        ("float32", "srgan.data.normalization.ByDataType", None),  # float under auto: the model's units
+        ("float32", "srgan.data.normalization.ZScore", None),
+    ],
+)
+def test_own_units_only_where_the_config_or_the_integer_type_says_them(dtype, target, expected):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from srgan.data.normalization import LinearScale
+    from srgan.evaluate import own_units
+
+    normalization = LinearScale(10000.0 if dtype != "uint8" else 255.0) if "ZScore" not in target else object()
+    if dtype == "float32" and target.endswith("ByDataType"):
+        normalization = LinearScale(1.0)  # what auto resolves float data to
+    cfg = OmegaConf.create({"dataset": {"normalization": {"_target_": target}}})
+    units = own_units(cfg, SimpleNamespace(normalization=normalization, dtype=dtype))
+    assert (units.scale if units is not None else None) == expected

@@ -31,6 +31,11 @@ declare -A variants=(
   [l1_perceptual_gan]="loss=full loss.weights.perceptual=0.1 loss.weights.adversarial=0.005"
   [esrgan]="loss=esrgan"
   [gan_lr_consistency]="loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0"
+  # The adversarial weight raised fourfold (the frontier's next point along the GAN axis).
+  [gan_ragan_w02]="loss.weights.adversarial=0.02 loss.adversarial.gan_type=ragan"
+  [gan_hinge_w02]="loss.weights.adversarial=0.02 loss.adversarial.gan_type=hinge"
+  [gan_vanilla_w02]="loss.weights.adversarial=0.02 loss.adversarial.gan_type=vanilla"
+  [gan_ragan_w05]="loss.weights.adversarial=0.05 loss.adversarial.gan_type=ragan"
 )
 order=(${VARIANTS:-l1 l1_sam gan_vanilla gan_ragan gan_hinge l1_perceptual_gan esrgan gan_lr_consistency})
 for name in pretrain "${order[@]}"; do

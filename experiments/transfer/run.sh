@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Transfer: Sentinel-2-trained generators (fixed box degradation vs random degradations drawn on the
-# device) on data they never saw, the bundled NAIP crop (its own box x4 degradation, 8-bit DN), then
-# after a short init_from fine-tune on NAIP's training area; beside a NAIP model trained from scratch
-# for the same steps.
-#   bash experiments/transfer/run.sh      # ~20 min on 2 CPU cores (reuses the perception-distortion pretrain)
+# device) on data they never saw, the bundled NAIP crop: with its own degradation (box x4, 8-bit DN),
+# and with LR made as a satellite would see NAIP (a Gaussian PSF of 1 px, and Sentinel-2's 10 m PSF,
+# sigma 2.1 HR px at x4, with noise at SNR 100); then after a short init_from fine-tune on NAIP's
+# training area, beside a NAIP model trained from scratch for the same steps.
+#   bash experiments/transfer/run.sh      # ~15 min on 2 CPU cores (reuses the perception-distortion pretrain)
 #   python experiments/transfer/table.py  # writes experiments/transfer/results.md
+# RANDOM_ARGS overrides the random degradation's ranges; its default spans no PSF (width 0.05) to 1.5x
+# Sentinel-2's, so that box-only LR (NAIP's own) lies inside what the model was trained on.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-outputs/transfer}
@@ -23,9 +26,11 @@ if [ ! -f "$FIXED/model/generator.safetensors" ]; then  # the same recipe as the
   [ -f "$FIXED/model/generator.safetensors" ] || "$BIN/srgan-train" "${common[@]}" tracking.run_name=s2_fixed \
     schedule.pretrain_steps="$STEPS" trainer.max_steps="$STEPS" hydra.run.dir="$FIXED"
 fi
+rand_args=${RANDOM_ARGS:-dataset.degradation.psf_width=[0.05,1.5]}
 RANDOM_RUN=$OUT/s2_random
+# shellcheck disable=SC2086
 [ -f "$RANDOM_RUN/model/generator.safetensors" ] || "$BIN/srgan-train" "${common[@]}" tracking.run_name=s2_random \
-  dataset/degradation=random schedule.pretrain_steps="$STEPS" trainer.max_steps="$STEPS" hydra.run.dir="$RANDOM_RUN"
+  dataset/degradation=random $rand_args schedule.pretrain_steps="$STEPS" trainer.max_steps="$STEPS" hydra.run.dir="$RANDOM_RUN"
 
 # Home ground first: both on the Sentinel-2 test area (fixed box degradation, as the study's).
 for pair in "fixed:$FIXED" "random:$RANDOM_RUN"; do
@@ -37,6 +42,11 @@ for pair in "fixed:$FIXED" "random:$RANDOM_RUN"; do
   # Zero-shot: NAIP in its own units (DN / 255), its bands named as the model's.
   "$BIN/srgan-eval" model="$model" "${naip[@]}" band_map="$map" normalize_as=dataset \
     output="$OUT/eval/${name}_naip.json"
+  # The same NAIP test area with LR from a blurring sensor (the test area's operator is seeded).
+  "$BIN/srgan-eval" model="$model" "${naip[@]}" band_map="$map" normalize_as=dataset \
+    dataset.degradation.psf=1.0 output="$OUT/eval/${name}_naip_psf1.json"
+  "$BIN/srgan-eval" model="$model" "${naip[@]}" band_map="$map" normalize_as=dataset \
+    dataset.degradation.psf=2.1 dataset.degradation.snr=100 output="$OUT/eval/${name}_naip_s2psf.json"
   dir=$OUT/${name}_naip_tuned
   [ -f "$dir/model/generator.safetensors" ] || "$BIN/srgan-train" "${common[@]}" dataset=naip_rgbn_x4 \
     tracking.run_name="${name}_naip_tuned" init_from="$model" init.band_map="$map" \

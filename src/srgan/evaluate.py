@@ -18,11 +18,12 @@ from typing import Any
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from srgan.cli import user_errors
 from srgan.config import CONF_DIR, EvalConfig, validate_entry_config
 from srgan.data.card import check_held_out, dataset_from_card
+from srgan.data.normalization import LinearScale
 from srgan.devices import pick_device
 from srgan.engine.checkpoint import ExportedModel, load_model
 from srgan.evaluation import report
@@ -32,6 +33,7 @@ from srgan.evaluation.regions import (
     dataset_units,
     evaluate_regions,
     fit_std_scale,
+    physical_units,
 )
 from srgan.evaluation.uncertainty import SampleSpread, load_sampler
 from srgan.model_source import resolve_model
@@ -54,7 +56,9 @@ def evaluation_data(cfg: DictConfig, options: EvalConfig, model: ExportedModel) 
     else:
         check_held_out(model, data, options.split)
     # The model sees data normalised as in its training (e.g. its z-score statistics), whatever
-    # normalisation the evaluation's dataset config names.
+    # normalisation the evaluation's dataset config names; it is measured in the data's own units
+    # where those are known (see own_units).
+    data.units = own_units(cfg, data)
     if options.normalize_as == "dataset":  # another sensor: its own units, e.g. NAIP's DN / 255
         print(f"normalize_as=dataset: the model sees {data.normalization!r} (trained on {model.normalization!r})")
         return data
@@ -64,6 +68,19 @@ def evaluation_data(cfg: DictConfig, options: EvalConfig, model: ExportedModel) 
     if hasattr(data, "lr_normalization"):  # real LR (paired_folder): normalised as the model's input was
         data.lr_normalization = model.lr_normalization
     return data
+
+
+def own_units(cfg: DictConfig, data: Any) -> LinearScale | None:
+    """The physical units of ``data`` when its config or its integer data type says what they are:
+    a declared linear scale (reflectance, uint8) or the convention of uint8 / uint16. None for float
+    values under ``normalization=auto`` (or a statistical one): nothing says what they are in, and
+    they are measured in the units of the model's normalisation, as the model reads them (an
+    opensr-test set stored as float DN is then reflectance for a model trained on DN / 10000)."""
+    target = str(OmegaConf.select(cfg, "dataset.normalization._target_", default="") or "")
+    declared = isinstance(data.normalization, LinearScale) and not target.endswith("ByDataType")
+    if declared or not str(data.dtype).startswith("float"):
+        return physical_units(data.normalization, data.dtype)
+    return None
 
 
 def calibrated_scale(

@@ -58,12 +58,14 @@ class CompositeLoss(nn.Module):
         )
         self.adversarial = _built(_plain(adversarial), "loss.adversarial")
         self.mask_nodata = bool(mask_nodata)
+        self._lr_scale: int | None = None  # set by bind() when a term compares on the LR grid
 
     def bind(self, degradation: Any, scale: int, dataset: str = "the dataset") -> None:
         """Give the terms that degrade SR again (``lr_consistency``) the dataset's degradation."""
         for term in self.terms.values():
             if getattr(term, "needs_lr", False):
                 term.bind(degradation, scale, dataset)
+                self._lr_scale = scale  # the LR footprint of the nodata mask (_valid_share)
 
     @property
     def adversarial_weight(self) -> float:
@@ -112,7 +114,7 @@ class CompositeLoss(nn.Module):
     def _valid_share(self, valid: torch.Tensor | None, sr: torch.Tensor) -> tuple[torch.Tensor | float, Any]:
         if valid is None or not self.mask_nodata or bool(valid.all()):
             return 1.0, None
-        scale = next((t.scale for t in self.terms.values() if getattr(t, "needs_lr", False)), None)
+        scale = self._lr_scale
         weight = valid.to(sr.device, sr.dtype)
         lr_valid = None
         if scale:
