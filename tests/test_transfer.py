@@ -281,9 +281,9 @@ def test_eval_normalize_as_dataset_changes_what_the_model_sees(evaluations):
 
 @pytest.mark.slow
 def test_eval_units_are_the_datasets_whatever_normalize_as(evaluations):
-    # Was a bug (issue 22): docs/evaluation.md: values "in the data's physical units (... DN / 255 for 8-bit; the model's
-    # own normalisation is used to feed it)". evaluate.evaluation_data replaces data.normalization by
-    # the model's, and regions.physical_units(data.normalization, ...) then measures uint8 data in
+    # Was a bug (issue 22): docs/evaluation.md: values "in the data's physical units (... DN / 255 for
+    # 8-bit; the model's own normalisation is used to feed it)". evaluate.evaluation_data replaced
+    # data.normalization by the model's, and regions.physical_units(data.normalization, ...) measured uint8 data in
     # DN / 10000: bicubic's PSNR gains 20 log10(10000 / 255) = 31.9 dB over normalize_as=dataset.
     assert "values in LinearScale(scale=255.0, offset=0.0) units" in evaluations.as_model.stdout
     a, b = _report(evaluations, "as_model")["results"], _report(evaluations, "as_dataset")["results"]
