@@ -78,6 +78,45 @@ def test_generator_without_global_residual(option):
     assert out.shape == (1, 3, 16, 16) and not torch.allclose(out, upsample_image(lr, 2, "bicubic"))
 
 
+@pytest.mark.parametrize("option", GENERATOR_OPTIONS)
+def test_relative_global_residual_scales_the_detail_by_the_interpolation(option):
+    torch.manual_seed(0)
+    g = small_generator(option, 2, 4, global_residual="bicubic_relative")
+    lr = torch.rand(1, 2, 8, 8) * 0.3 + 0.005
+    up = upsample_image(lr, 4, "bicubic")
+    torch.testing.assert_close(g(lr), up)  # zero tail: exactly bicubic, as the additive mode
+    with torch.no_grad():  # a detail of +0.1 in every band and pixel
+        g.tail.bias.fill_(0.1)
+    sr = g(lr)
+    torch.testing.assert_close(sr, up * 1.1)
+    # The band ratio (what NBR2 and the spectral angle see) is bicubic's, dark pixels included;
+    # the additive mode shifts the ratio most where the signal is smallest.
+    torch.testing.assert_close(sr[:, 0] / sr[:, 1], up[:, 0] / up[:, 1])
+    additive = small_generator(option, 2, 4)
+    with torch.no_grad():
+        additive.tail.bias.fill_(0.1)
+    assert not torch.allclose(additive(lr)[:, 0] / additive(lr)[:, 1], up[:, 0] / up[:, 1], rtol=1e-2)
+
+
+def test_relative_global_residual_is_refused_for_statistical_normalisations():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from srgan.config import ConfigError
+    from srgan.data.normalization import LinearScale, ZScore
+    from srgan.engine.build import check_relative_residual
+
+    cfg = OmegaConf.create({"generator": {"global_residual": "bicubic_relative"}})
+    check_relative_residual(cfg, SimpleNamespace(name="s2", normalization=LinearScale(10000.0)))
+    with pytest.raises(ConfigError, match=r"generator.global_residual=bicubic_relative .* use bicubic there"):
+        check_relative_residual(cfg, SimpleNamespace(name="s2", normalization=ZScore()))
+    check_relative_residual(
+        OmegaConf.create({"generator": {"global_residual": "bicubic"}}),
+        SimpleNamespace(name="s2", normalization=ZScore()),
+    )
+
+
 @pytest.mark.parametrize("cls", [SRResNetGenerator, RCABGenerator, RRDBGenerator, LKAGenerator, StochasticGenerator])
 def test_bad_scale_or_band_count_fails_at_construction(cls):
     with pytest.raises(ValueError, match=r"scale must be one of \(2, 3, 4, 8\), got 5"):

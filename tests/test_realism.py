@@ -155,6 +155,16 @@ def test_random_degradation_trains_end_to_end_with_lr_consistency(tmp_path, tiny
     assert run.info.status == "FINISHED"
     assert "train/lr_consistency" in run.data.metrics and run.data.metrics["train/lr_consistency"] > 0
     assert run.data.params["dataset.degradation._target_"].endswith("RandomDegradation")
+    # The released model's card names the random degradation; srgan-eval rebuilds the data from it
+    # (was refused: RandomDegradation was not among the classes a card may name) and degrades the
+    # held-out area with the nominal operator.
+    from srgan.data.card import dataset_from_card
+    from srgan.engine.checkpoint import load_model
+
+    home = dataset_from_card(load_model(tmp_path / "run" / "model"))
+    assert isinstance(home.degradation, RandomDegradation)
+    assert home.degradation.psf_width == data.degradation.psf_width
+    assert len(home.regions("test")) >= 1
 
 
 # --- LR consistency -----------------------------------------------------------------------------

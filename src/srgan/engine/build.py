@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from srgan.config import Settings
+from srgan.config import ConfigError, Settings
+from srgan.data.normalization import LinearScale
 from srgan.engine.checkpoint import checkpoint_pieces
 from srgan.engine.ema import EMA
 from srgan.engine.health import PROBABILISTIC_GAN_TYPES, GANHealth
@@ -107,10 +108,24 @@ class TrainingRun:
     pieces: Any
 
 
+def check_relative_residual(cfg: DictConfig, data: Any) -> None:
+    """``generator.global_residual=<mode>_relative`` scales the detail by the interpolated value, which
+    is a brightness only in physical units (a linear normalisation), not for z-scores or percentiles."""
+    mode = str(OmegaConf.select(cfg, "generator.global_residual", default=None) or "")
+    normalization = getattr(data, "normalization", None)
+    if mode.endswith("_relative") and not isinstance(normalization, LinearScale):
+        raise ConfigError(
+            f"generator.global_residual={mode} needs values in physical units (a linear normalisation: "
+            f"dataset/normalization=reflectance, uint8 or auto), but dataset {getattr(data, 'name', '?')} "
+            f"is normalised with {normalization!r}; use {mode.removesuffix('_relative')} there"
+        )
+
+
 def build_training_run(cfg: DictConfig, settings: Settings, accelerator: Accelerator, data: Any) -> TrainingRun:
     """Networks, loss, optimizers, LR schedules, EMA, GAN health, the loader and the loop's cadence;
     the networks, optimizers and loader prepared by ``accelerator``."""
     trainer, schedule = settings.trainer, settings.schedule
+    check_relative_residual(cfg, data)
     generator, discriminator, loss, optimizer_g, optimizer_d = build_networks(cfg, accelerator.device)
     degradation = getattr(data, "degradation", None)
     loss.bind(degradation, data.scale, f"dataset {getattr(data, 'name', '?')}")

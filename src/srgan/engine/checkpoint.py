@@ -366,7 +366,7 @@ def _model_classes() -> dict[str, dict[str, type]]:
     from srgan.models import generators
 
     allowed: dict[str, dict[str, type]] = {"generator": {}, "normalization": {}, "degradation": {}}
-    for cls in (degradation.Resample, degradation.Degradation):
+    for cls in (degradation.Resample, degradation.Degradation, degradation.RandomDegradation):
         allowed["degradation"][f"srgan.data.degradation.{cls.__name__}"] = cls
     for cls in (
         generators.SRResNetGenerator,

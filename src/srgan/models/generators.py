@@ -28,7 +28,7 @@ from srgan.models.blocks import (
     upsample_image,
 )
 
-GLOBAL_RESIDUAL_MODES = ("bicubic", "bilinear", None)
+GLOBAL_RESIDUAL_MODES = ("bicubic", "bilinear", "bicubic_relative", "bilinear_relative", None)
 
 
 class SRGenerator(nn.Module):
@@ -36,6 +36,10 @@ class SRGenerator(nn.Module):
 
     With ``global_residual`` set, the network predicts only the detail added to the interpolated
     input and the tail conv starts at zero, so the untrained network equals that interpolation.
+    ``<mode>_relative`` makes that detail a relative one, ``SR = up * (1 + detail)``, for values in
+    physical units (reflectance, DN / 255; not z-scores): an error of the detail then scales with
+    the pixel's brightness, so dark water gets no land-sized offsets, and a detail common to the
+    bands leaves their ratios (NBR2, NDVI, the spectral angle) as the interpolation has them.
     Without it, a freshly initialised net starts far below bicubic and needs many more steps to
     catch up (DESIGN.md: 5.7 dB below bicubic after 20 CPU minutes).
     """
@@ -83,7 +87,9 @@ class SRGenerator(nn.Module):
         detail = self.tail(self.upsample(features))
         if self.global_residual is None:
             return detail
-        return upsample_image(lr, self.scale, self.global_residual) + detail
+        mode, relative = self.global_residual.removesuffix("_relative"), self.global_residual.endswith("_relative")
+        base = upsample_image(lr, self.scale, mode)
+        return base + base * detail if relative else base + detail
 
 
 def _blocks(n_blocks: int, make) -> list[nn.Module]:
