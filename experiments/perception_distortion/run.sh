@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The perception-distortion study: one PSNR-pretrained generator (L1 only), then short fine-tunes
 # from it (init_from) that differ only in the loss, each evaluated on the held-out test area.
-#   bash experiments/perception_distortion/run.sh            # ~40 min on 2 CPU cores
+#   bash experiments/perception_distortion/run.sh            # ~60 min on 2 CPU cores (perceptual runs ~6 min each)
 #   STEPS=200 bash experiments/perception_distortion/run.sh  # shorter fine-tunes
 # Then: python experiments/results.py perception-distortion experiments/perception_distortion/results.md --study
 #       python experiments/perception_distortion/figure.py
@@ -28,8 +28,12 @@ declare -A variants=(
   [gan_vanilla]="loss.weights.adversarial=0.005 loss.adversarial.gan_type=vanilla"
   [gan_ragan]="loss.weights.adversarial=0.005 loss.adversarial.gan_type=ragan"
   [gan_hinge]="loss.weights.adversarial=0.005 loss.adversarial.gan_type=hinge"
-  [l1_perceptual_gan]="loss=full loss.weights.perceptual=0.1 loss.weights.adversarial=0.005"
-  [esrgan]="loss=esrgan"
+  # Perceptual terms see bands 0-2 (B04, B03, B02) as one RGB image: one VGG pass, not four.
+  [l1_perceptual_gan]="loss=full loss.weights.perceptual=0.1 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005"
+  [l1_perceptual_gan_p02]="loss=full loss.weights.perceptual=0.02 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005"
+  [l1_perceptual_gan_p05]="loss=full loss.weights.perceptual=0.05 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005"
+  [l1_perceptual_gan_p05_lrc]="loss=full loss.weights.perceptual=0.05 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0"
+  [esrgan]="loss=esrgan loss.terms.perceptual.rgb_bands=[0,1,2]"
   [gan_lr_consistency]="loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0"
   # The adversarial weight raised fourfold (the frontier's next point along the GAN axis).
   [gan_ragan_w02]="loss.weights.adversarial=0.02 loss.adversarial.gan_type=ragan"
@@ -37,7 +41,8 @@ declare -A variants=(
   [gan_vanilla_w02]="loss.weights.adversarial=0.02 loss.adversarial.gan_type=vanilla"
   [gan_ragan_w05]="loss.weights.adversarial=0.05 loss.adversarial.gan_type=ragan"
 )
-order=(${VARIANTS:-l1 l1_sam gan_vanilla gan_ragan gan_hinge l1_perceptual_gan esrgan gan_lr_consistency})
+order=(${VARIANTS:-l1 l1_sam gan_vanilla gan_ragan gan_hinge gan_vanilla_w02 gan_ragan_w02 gan_hinge_w02 gan_ragan_w05
+  l1_perceptual_gan l1_perceptual_gan_p02 l1_perceptual_gan_p05 l1_perceptual_gan_p05_lrc esrgan gan_lr_consistency})
 for name in pretrain "${order[@]}"; do
   dir="$OUT/$name"
   if [ "$name" != pretrain ] && [ ! -f "$dir/model/generator.safetensors" ]; then

@@ -37,16 +37,18 @@ for pair in "fixed:$FIXED" "random:$RANDOM_RUN"; do
   "$BIN/srgan-eval" model="${pair#*:}" split=test figure=false overwrite=true output="$OUT/eval/${pair%%:*}_s2.json"
 done
 naip=(dataset=naip_rgbn_x4 split=test figure=false overwrite=true)
+# Zero-shot on NAIP in its own units (DN / 255), its bands named as the model's: with its own LR
+# (box x4), then with LR from a blurring sensor (the test area's operator is seeded).
+naip_evals() {  # <name> <model folder>
+  "$BIN/srgan-eval" model="$2" "${naip[@]}" band_map="$map" normalize_as=dataset output="$OUT/eval/$1_naip.json"
+  "$BIN/srgan-eval" model="$2" "${naip[@]}" band_map="$map" normalize_as=dataset \
+    dataset.degradation.psf=1.0 output="$OUT/eval/$1_naip_psf1.json"
+  "$BIN/srgan-eval" model="$2" "${naip[@]}" band_map="$map" normalize_as=dataset \
+    dataset.degradation.psf=2.1 dataset.degradation.snr=100 output="$OUT/eval/$1_naip_s2psf.json"
+}
 for pair in "fixed:$FIXED" "random:$RANDOM_RUN"; do
   name=${pair%%:*} model=${pair#*:}
-  # Zero-shot: NAIP in its own units (DN / 255), its bands named as the model's.
-  "$BIN/srgan-eval" model="$model" "${naip[@]}" band_map="$map" normalize_as=dataset \
-    output="$OUT/eval/${name}_naip.json"
-  # The same NAIP test area with LR from a blurring sensor (the test area's operator is seeded).
-  "$BIN/srgan-eval" model="$model" "${naip[@]}" band_map="$map" normalize_as=dataset \
-    dataset.degradation.psf=1.0 output="$OUT/eval/${name}_naip_psf1.json"
-  "$BIN/srgan-eval" model="$model" "${naip[@]}" band_map="$map" normalize_as=dataset \
-    dataset.degradation.psf=2.1 dataset.degradation.snr=100 output="$OUT/eval/${name}_naip_s2psf.json"
+  naip_evals "$name" "$model"
   dir=$OUT/${name}_naip_tuned
   [ -f "$dir/model/generator.safetensors" ] || "$BIN/srgan-train" "${common[@]}" dataset=naip_rgbn_x4 \
     tracking.run_name="${name}_naip_tuned" init_from="$model" init.band_map="$map" \
@@ -57,3 +59,14 @@ dir=$OUT/naip_scratch
 [ -f "$dir/model/generator.safetensors" ] || "$BIN/srgan-train" "${common[@]}" dataset=naip_rgbn_x4 \
   tracking.run_name=naip_scratch schedule.pretrain_steps="$TUNE" trainer.max_steps="$TUNE" hydra.run.dir="$dir"
 "$BIN/srgan-eval" model="$dir" "${naip[@]}" output="$OUT/eval/naip_scratch.json"
+
+# Repeats: both Sentinel-2 models trained again from other seeds (SEEDS="" skips), zero-shot on NAIP.
+for seed in ${SEEDS-1 2}; do
+  for name in fixed random; do
+    dir=$OUT/s2_${name}_seed$seed
+    extra=(); [ "$name" = random ] && extra=(dataset/degradation=random $rand_args dataset.degradation.seed="$seed")
+    [ -f "$dir/model/generator.safetensors" ] || "$BIN/srgan-train" "${common[@]}" tracking.run_name="s2_${name}_seed$seed" \
+      trainer.seed="$seed" "${extra[@]}" schedule.pretrain_steps="$STEPS" trainer.max_steps="$STEPS" hydra.run.dir="$dir"
+    naip_evals "${name}_seed$seed" "$dir"
+  done
+done
