@@ -69,6 +69,25 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
     ]
 
 
+def train_tracked(tmp: Path, steps: int):
+    """A TINY run of ``steps`` steps under ``tmp``, tracked in its own SQLite store: the run folder,
+    its MLflow run id, the store's URI and the overrides (for module fixtures that start from a run)."""
+    from types import SimpleNamespace
+
+    from srgan.train import train
+
+    uri = f"sqlite:///{tmp}/mlruns.db"
+    overrides = TINY + [
+        f"tracking.uri={uri}",
+        f"tracking.artifact_location={tmp}/mlartifacts",
+        "tracking.experiment_name=test",
+    ]
+    result = train(compose_config("train", overrides + [f"trainer.max_steps={steps}"]), tmp / "run")
+    return SimpleNamespace(
+        tmp=tmp, uri=uri, overrides=overrides, run_dir=Path(result["run_dir"]), run_id=result["run_id"]
+    )
+
+
 def write_geotiff(path: Path, data: np.ndarray, names: list[str] | None, pixel: float = 10.0) -> Path:
     bands, rows, cols = data.shape
     with rasterio.open(

@@ -7,7 +7,6 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,7 +27,7 @@ from srgan.engine.init_from import (
 from srgan.engine.state_io import load_tree
 from srgan.models import RCABGenerator
 from srgan.train import train
-from tests.conftest import TINY, TINY_GENERATOR, compose_config, model_card
+from tests.conftest import TINY_GENERATOR, compose_config, model_card, train_tracked
 
 BANDS = ["B04", "B03", "B02", "B08"]
 # A new run from the source with G's and D's learning rates at 0: what it exports is what it loaded.
@@ -38,17 +37,7 @@ FROZEN = ["trainer.max_steps=1", "schedule.optimizer_g.lr=0", "schedule.optimize
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A tiny 4-band run of 4 steps (2 of them adversarial, so D has trained), tracked in SQLite."""
-    tmp = tmp_path_factory.mktemp("init_source")
-    uri = f"sqlite:///{tmp}/mlruns.db"
-    overrides = TINY + [
-        f"tracking.uri={uri}",
-        f"tracking.artifact_location={tmp}/mlartifacts",
-        "tracking.experiment_name=test",
-    ]
-    result = train(compose_config("train", overrides + ["trainer.max_steps=4"]), tmp / "run")
-    return SimpleNamespace(
-        tmp=tmp, uri=uri, overrides=overrides, run_dir=Path(result["run_dir"]), run_id=result["run_id"]
-    )
+    return train_tracked(tmp_path_factory.mktemp("init_source"), 4)
 
 
 def _cfg(source, *extra: str):

@@ -33,7 +33,7 @@ from srgan.evaluation.regions import check_compatible
 from srgan.evaluation.report import summary_metrics
 from srgan.models import RCABGenerator
 from srgan.train import train
-from tests.conftest import TINY, TINY_GENERATOR, compose_config, write_geotiff
+from tests.conftest import TINY_GENERATOR, compose_config, train_tracked, write_geotiff
 from tests.test_cli import run
 from tests.test_init_from import _random_source
 
@@ -94,17 +94,7 @@ def test_check_compatible_with_and_without_band_map():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny run on the Sentinel-2 sample (s2_rgbn_x4: B04, B03, B02, B08), tracked in SQLite."""
-    tmp = tmp_path_factory.mktemp("transfer")
-    uri = f"sqlite:///{tmp}/mlruns.db"
-    overrides = TINY + [
-        f"tracking.uri={uri}",
-        f"tracking.artifact_location={tmp}/mlartifacts",
-        "tracking.experiment_name=test",
-    ]
-    result = train(compose_config("train", overrides + ["trainer.max_steps=3"]), tmp / "run")
-    return SimpleNamespace(
-        tmp=tmp, uri=uri, overrides=overrides, run_dir=Path(result["run_dir"]), run_id=result["run_id"]
-    )
+    return train_tracked(tmp_path_factory.mktemp("transfer"), 3)
 
 
 def _rgbn_data() -> np.ndarray:
