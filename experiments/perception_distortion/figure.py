@@ -40,6 +40,7 @@ ORDER = (
     "l1_perceptual_gan_p02",
     "l1_perceptual_gan_p05",
     "l1_perceptual_gan_p005",
+    "l1_perceptual_gan_p01",
     "l1_perceptual_gan_p01_lrc",
     "esrgan",
     "gan_lr_consistency",
