@@ -37,6 +37,7 @@ declare -A variants=(
   # Repeats from another seed (data order, D's initialisation) of the L1 reference and the passing point.
   [l1_seed1]="loss.weights.adversarial=0 trainer.seed=1"
   [l1_perceptual_gan_p005_seed1]="loss=full loss.weights.perceptual=0.005 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 trainer.seed=1"
+  [l1_perceptual_gan_p01_lrc_seed1]="loss=full loss.weights.perceptual=0.01 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0 trainer.seed=1"
   [l1_perceptual_gan_p01_lrc]="loss=full loss.weights.perceptual=0.01 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0"
   [l1_perceptual_gan_p05_lrc]="loss=full loss.weights.perceptual=0.05 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0"
   [esrgan]="loss=esrgan loss.terms.perceptual.rgb_bands=[0,1,2]"
@@ -49,7 +50,7 @@ declare -A variants=(
 )
 order=(${VARIANTS:-l1 l1_sam gan_vanilla gan_ragan gan_hinge gan_vanilla_w02 gan_ragan_w02 gan_hinge_w02 gan_ragan_w05
   l1_perceptual_gan l1_perceptual_gan_p02 l1_perceptual_gan_p05 l1_perceptual_gan_p005 l1_perceptual_gan_p01 l1_perceptual_gan_p01_lrc esrgan gan_lr_consistency
-  l1_seed1 l1_perceptual_gan_p005_seed1})
+  l1_seed1 l1_perceptual_gan_p005_seed1 l1_perceptual_gan_p01_lrc_seed1})
 for name in pretrain "${order[@]}"; do
   dir="$OUT/$name"
   if [ "$name" != pretrain ] && [ ! -f "$dir/model/generator.safetensors" ]; then
