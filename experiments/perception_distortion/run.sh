@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The perception-distortion study: one PSNR-pretrained generator (L1 only), then short fine-tunes
 # from it (init_from) that differ only in the loss, each evaluated on the held-out test area.
-#   bash experiments/perception_distortion/run.sh            # ~60 min on 2 CPU cores (perceptual runs ~6 min each)
+#   STEPS=300 bash experiments/perception_distortion/run.sh  # ~2.5 h on 2 CPU cores (perceptual runs 8-18 min each)
 #   STEPS=200 bash experiments/perception_distortion/run.sh  # shorter fine-tunes
 # Then: python experiments/results.py perception-distortion experiments/perception_distortion/results.md --study
 #       python experiments/perception_distortion/figure.py
@@ -37,6 +37,7 @@ declare -A variants=(
   # Repeats from another seed (data order, D's initialisation) of the L1 reference and the passing point.
   [l1_seed1]="loss.weights.adversarial=0 trainer.seed=1"
   [l1_perceptual_gan_p005_seed1]="loss=full loss.weights.perceptual=0.005 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 trainer.seed=1"
+  [l1_perceptual_gan_p01_seed1]="loss=full loss.weights.perceptual=0.01 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 trainer.seed=1"
   [l1_perceptual_gan_p01_lrc_seed1]="loss=full loss.weights.perceptual=0.01 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0 trainer.seed=1"
   [l1_perceptual_gan_p01_lrc]="loss=full loss.weights.perceptual=0.01 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0"
   [l1_perceptual_gan_p05_lrc]="loss=full loss.weights.perceptual=0.05 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0"
@@ -50,7 +51,7 @@ declare -A variants=(
 )
 order=(${VARIANTS:-l1 l1_sam gan_vanilla gan_ragan gan_hinge gan_vanilla_w02 gan_ragan_w02 gan_hinge_w02 gan_ragan_w05
   l1_perceptual_gan l1_perceptual_gan_p02 l1_perceptual_gan_p05 l1_perceptual_gan_p005 l1_perceptual_gan_p01 l1_perceptual_gan_p01_lrc esrgan gan_lr_consistency
-  l1_seed1 l1_perceptual_gan_p005_seed1 l1_perceptual_gan_p01_lrc_seed1})
+  l1_seed1 l1_perceptual_gan_p005_seed1 l1_perceptual_gan_p01_seed1 l1_perceptual_gan_p01_lrc_seed1})
 for name in pretrain "${order[@]}"; do
   dir="$OUT/$name"
   if [ "$name" != pretrain ] && [ ! -f "$dir/model/generator.safetensors" ]; then
