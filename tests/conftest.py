@@ -59,14 +59,19 @@ def composed():
     return get
 
 
+def tracked_tiny(tmp: Path) -> list[str]:
+    """TINY plus tracking into a private SQLite store under ``tmp``."""
+    return TINY + [
+        f"tracking.uri=sqlite:///{tmp}/mlruns.db",
+        f"tracking.artifact_location={tmp}/mlartifacts",
+        "tracking.experiment_name=test",
+    ]
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path: Path) -> list[str]:
     """TINY plus tracking into a private SQLite store under tmp_path."""
-    return TINY + [
-        f"tracking.uri=sqlite:///{tmp_path}/mlruns.db",
-        f"tracking.artifact_location={tmp_path}/mlartifacts",
-        "tracking.experiment_name=test",
-    ]
+    return tracked_tiny(tmp_path)
 
 
 def train_tracked(tmp: Path, steps: int):
@@ -76,15 +81,14 @@ def train_tracked(tmp: Path, steps: int):
 
     from srgan.train import train
 
-    uri = f"sqlite:///{tmp}/mlruns.db"
-    overrides = TINY + [
-        f"tracking.uri={uri}",
-        f"tracking.artifact_location={tmp}/mlartifacts",
-        "tracking.experiment_name=test",
-    ]
+    overrides = tracked_tiny(tmp)
     result = train(compose_config("train", overrides + [f"trainer.max_steps={steps}"]), tmp / "run")
     return SimpleNamespace(
-        tmp=tmp, uri=uri, overrides=overrides, run_dir=Path(result["run_dir"]), run_id=result["run_id"]
+        tmp=tmp,
+        uri=f"sqlite:///{tmp}/mlruns.db",
+        overrides=overrides,
+        run_dir=Path(result["run_dir"]),
+        run_id=result["run_id"],
     )
 
 

@@ -22,25 +22,26 @@ fi
 # The fine-tunes: the same start, steps, learning rate and EMA; D (fresh) warms up for 50 steps.
 tune=(init_from="$OUT/pretrain" trainer.max_steps="$STEPS" schedule.pretrain_steps=0 schedule.ramp.steps=50
       schedule.discriminator.warmup_steps=50 schedule.optimizer_g.lr=2e-4 trainer.val_every=200)
+# L1 + perceptual (VGG16 on bands 0-2, B04 B03 B02, as one RGB image: one pass, not four) + vanilla GAN 0.005.
+pgan="loss=full loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005"
 declare -A variants=(
   [l1]="loss.weights.adversarial=0"
   [l1_sam]="loss=full loss.weights.sam=0.1 loss.weights.adversarial=0"
   [gan_vanilla]="loss.weights.adversarial=0.005 loss.adversarial.gan_type=vanilla"
   [gan_ragan]="loss.weights.adversarial=0.005 loss.adversarial.gan_type=ragan"
   [gan_hinge]="loss.weights.adversarial=0.005 loss.adversarial.gan_type=hinge"
-  # Perceptual terms see bands 0-2 (B04, B03, B02) as one RGB image: one VGG pass, not four.
-  [l1_perceptual_gan]="loss=full loss.weights.perceptual=0.1 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005"
-  [l1_perceptual_gan_p02]="loss=full loss.weights.perceptual=0.02 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005"
-  [l1_perceptual_gan_p05]="loss=full loss.weights.perceptual=0.05 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005"
-  [l1_perceptual_gan_p005]="loss=full loss.weights.perceptual=0.005 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005"
-  [l1_perceptual_gan_p01]="loss=full loss.weights.perceptual=0.01 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005"
+  [l1_perceptual_gan]="$pgan loss.weights.perceptual=0.1"
+  [l1_perceptual_gan_p02]="$pgan loss.weights.perceptual=0.02"
+  [l1_perceptual_gan_p05]="$pgan loss.weights.perceptual=0.05"
+  [l1_perceptual_gan_p005]="$pgan loss.weights.perceptual=0.005"
+  [l1_perceptual_gan_p01]="$pgan loss.weights.perceptual=0.01"
   # Repeats from another seed (data order, D's initialisation) of the L1 reference and the passing point.
   [l1_seed1]="loss.weights.adversarial=0 trainer.seed=1"
-  [l1_perceptual_gan_p005_seed1]="loss=full loss.weights.perceptual=0.005 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 trainer.seed=1"
-  [l1_perceptual_gan_p01_seed1]="loss=full loss.weights.perceptual=0.01 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 trainer.seed=1"
-  [l1_perceptual_gan_p01_lrc_seed1]="loss=full loss.weights.perceptual=0.01 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0 trainer.seed=1"
-  [l1_perceptual_gan_p01_lrc]="loss=full loss.weights.perceptual=0.01 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0"
-  [l1_perceptual_gan_p05_lrc]="loss=full loss.weights.perceptual=0.05 loss.terms.perceptual.rgb_bands=[0,1,2] loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0"
+  [l1_perceptual_gan_p005_seed1]="$pgan loss.weights.perceptual=0.005 trainer.seed=1"
+  [l1_perceptual_gan_p01_seed1]="$pgan loss.weights.perceptual=0.01 trainer.seed=1"
+  [l1_perceptual_gan_p01_lrc_seed1]="$pgan loss.weights.perceptual=0.01 loss.weights.lr_consistency=1.0 trainer.seed=1"
+  [l1_perceptual_gan_p01_lrc]="$pgan loss.weights.perceptual=0.01 loss.weights.lr_consistency=1.0"
+  [l1_perceptual_gan_p05_lrc]="$pgan loss.weights.perceptual=0.05 loss.weights.lr_consistency=1.0"
   [esrgan]="loss=esrgan loss.terms.perceptual.rgb_bands=[0,1,2]"
   [gan_lr_consistency]="loss.weights.adversarial=0.005 loss.weights.lr_consistency=1.0"
   # The adversarial weight raised fourfold (the frontier's next point along the GAN axis).

@@ -73,6 +73,9 @@ class SRGenerator(nn.Module):
             )
         self.scale = scale
         self.global_residual = global_residual
+        # "<mode>_relative": the interpolation ``mode`` scales the detail (forward); fixed here, once.
+        self._relative = global_residual is not None and global_residual.endswith("_relative")
+        self._base_mode = global_residual.removesuffix("_relative") if global_residual is not None else None
         self.head = nn.Conv2d(in_channels, n_channels, head_kernel, padding=head_kernel // 2)
         self.body = nn.Sequential(*blocks, nn.Conv2d(n_channels, n_channels, 3, padding=1))
         self.upsample = UPSAMPLERS[upsampler](n_channels, scale)
@@ -87,9 +90,8 @@ class SRGenerator(nn.Module):
         detail = self.tail(self.upsample(features))
         if self.global_residual is None:
             return detail
-        mode, relative = self.global_residual.removesuffix("_relative"), self.global_residual.endswith("_relative")
-        base = upsample_image(lr, self.scale, mode)
-        return base + base * detail if relative else base + detail
+        base = upsample_image(lr, self.scale, self._base_mode)
+        return base + base * detail if self._relative else base + detail
 
 
 def _blocks(n_blocks: int, make) -> list[nn.Module]:
