@@ -12,7 +12,9 @@ PORT ?= 5000
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,benchmark,taco]'
+	$(PY) -m pip install --quiet -e '.[dev,benchmark,taco,deploy]'
+	# The Hydra Optuna plugin without its stale optuna<3 pin (setup.cfg says why).
+	$(PY) -m pip install --quiet --no-deps hydra-optuna-sweeper==1.3.0
 	touch $(INSTALLED)
 
 install: $(INSTALLED)

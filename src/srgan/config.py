@@ -11,6 +11,8 @@ and a key missing from them is an error naming it (not a second, silently differ
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +196,15 @@ class TrackingConfig:
     # Seconds to wait at the end of a run for an unreachable tracking server before writing what
     # it has not received into the run folder (replay with `python -m srgan.tracking replay`).
     flush_timeout: float = MISSING
+    # Register the exported model in the MLflow model registry under this name (a new version).
+    register_as: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.register_as is not None and not re.fullmatch(r"[A-Za-z0-9][\w.\- ]{0,127}", self.register_as):
+            raise ConfigError(
+                f"tracking.register_as={self.register_as!r}: a model name of letters, digits, '_', '-', '.' "
+                "and spaces, starting with a letter or digit"
+            )
 
 
 @dataclass
@@ -333,6 +344,30 @@ class InferConfig(TiledPassConfig):
     histogram_match: bool = MISSING
     progress: bool = MISSING
     overwrite: bool = MISSING
+
+
+@dataclass
+class ExportConfig:
+    """``conf/export.yaml``."""
+
+    model: str = MISSING
+    format: str = MISSING
+    output: str | None = MISSING
+    opset: int = MISSING
+    check_sizes: list[int] = MISSING
+    atol: float = MISSING
+    tracking_uri: str | None = MISSING
+    overwrite: bool = MISSING
+
+    def __post_init__(self) -> None:
+        if self.format != "onnx":
+            raise ConfigError(f"format must be onnx, got {self.format!r}")
+        if not 13 <= self.opset <= 23:
+            raise ConfigError(f"opset must be in [13, 23], got {self.opset}")
+        if not self.check_sizes or any(s < 1 for s in self.check_sizes):
+            raise ConfigError(f"check_sizes must be positive LR tile sizes, got {self.check_sizes}")
+        if not self.atol > 0:
+            raise ConfigError(f"atol must be > 0, got {self.atol}")
 
 
 def validate_entry_config(schema: type, cfg: DictConfig, groups: tuple[str, ...]) -> Any:

@@ -244,6 +244,11 @@ class MlflowTracker:
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self._put("artifact", str(local_path), artifact_path)
 
+    def register_model(self, artifact_path: str, name: str) -> None:
+        """Register the logged ``artifact_path`` (a model folder with ``MLmodel``) under ``name``, in
+        the model registry of the tracking store, after everything queued before it is delivered."""
+        self._put("register", artifact_path, name)
+
     def finish(self, status: str | None = "FINISHED") -> None:
         """Deliver everything (waiting up to ``flush_timeout`` s), then mark the run ``status``
         (None: leave the run's status alone, e.g. after an evaluation logged into a finished run)."""
@@ -289,8 +294,30 @@ class MlflowTracker:
             client.log_artifacts(run_id, args[0], args[1])
         elif kind == "artifact":
             client.log_artifact(run_id, args[0], args[1])
+        elif kind == "register":
+            self._register(args[0], args[1])
         elif kind == "terminate":
             client.set_terminated(run_id, args[0])
+
+    def _register(self, artifact_path: str, name: str) -> None:
+        """Register the run's ``artifact_path`` as a new version of model ``name`` (created if new).
+        Idempotent: a retry after a lost response finds this run's version instead of adding one."""
+        from mlflow.exceptions import MlflowException
+
+        client, run_id = self.client, self.run_id
+        try:
+            client.create_registered_model(name)
+        except MlflowException as err:
+            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        mine = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if mine:
+            version = mine[0].version
+        else:
+            source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+            version = client.create_model_version(name, source, run_id=run_id).version
+        client.set_tag(run_id, "registered_model", f"models:/{name}/{version}")
+        log.info("registered %s/%s of run %s as models:/%s/%s", self.uri, artifact_path, run_id, name, version)
 
     def _deliver(self) -> None:
         backoff = 1.0

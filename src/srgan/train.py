@@ -245,9 +245,21 @@ def _record_init(tracker: Any, report: dict[str, Any], run_dir: Path) -> None:
     tracker.log_artifact(write_report(report, run_dir))
 
 
-def _export(cfg: DictConfig, accelerator: Any, run: Any, data: Any, tracker: Any, run_dir: Path, run_id: str | None):
-    """Check that every process ends with the same weights, then export the EMA generator with its card."""
+def _export(
+    cfg: DictConfig,
+    accelerator: Any,
+    run: Any,
+    data: Any,
+    tracker: Any,
+    run_dir: Path,
+    run_id: str | None,
+    register_as: str | None = None,
+):
+    """Check that every process ends with the same weights, then export the EMA generator with its card
+    (an MLflow pyfunc model: :mod:`srgan.deploy`), registered under ``register_as`` if given."""
     from accelerate.utils import gather_object
+
+    from srgan.deploy import write_mlmodel
 
     from srgan.engine.build import model_card, weights_fingerprint
     from srgan.engine.checkpoint import export_model
@@ -263,7 +275,10 @@ def _export(cfg: DictConfig, accelerator: Any, run: Any, data: Any, tracker: Any
         )
         tracker.set_tags({"weights_identical_across_ranks": f"{len(prints)} processes, sha256 {prints[0][:16]}"})
         model_dir = export_model(p.ema.module, model_card(cfg, data, run_id, run.state.step), run_dir / "model")
+        write_mlmodel(model_dir, len(data.band_names), data.scale)
         tracker.log_artifacts(model_dir, "model")
+        if register_as:
+            tracker.register_model("model", register_as)
 
 
 def _explain_interrupt(err: KeyboardInterrupt, tracker: Any, run_dir: Path, state: Any) -> None:
@@ -335,7 +350,7 @@ def _train(cfg: DictConfig, run_dir: str | Path, stop: Any) -> dict[str, Any]:
         state.run_id = run_id = broadcast_object_list([run_id])[0]
         loop = (run.loader, state, run.cadence, tracker, checkpoints, validator, run.health, stop)
         metrics = fit(accelerator, run.parts, *loop)
-        _export(cfg, accelerator, run, data, tracker, run_dir, run_id)
+        _export(cfg, accelerator, run, data, tracker, run_dir, run_id, settings.tracking.register_as)
         accelerator.wait_for_everyone()
         status = "FINISHED"
     except KeyboardInterrupt as err:

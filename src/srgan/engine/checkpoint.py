@@ -351,8 +351,18 @@ class ModelError(ValueError):
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
     """Accept a model folder or a run folder holding ``model/``."""
+    from srgan.deploy import DeployError, mlmodel_data_dir
+
     path = Path(path)
-    for candidate in (path, path / "model"):
+    candidates = [path, path / "model"]
+    try:
+        # An MLflow pyfunc folder (MLmodel) whose flavour data lies in a subfolder: only its path is read.
+        data = mlmodel_data_dir(path) if path.is_dir() else None
+    except DeployError as err:
+        raise ModelError(str(err)) from None
+    if data is not None:
+        candidates.append(data)
+    for candidate in candidates:
         if (candidate / MODEL_WEIGHTS).is_file() and (candidate / MODEL_CONFIG).is_file():
             return candidate
     raise FileNotFoundError(
