@@ -44,9 +44,14 @@ train: install
 
 # A Hydra multirun grid from conf/sweep/ (default: adversarial x perceptual x SAM, 8 short jobs), each
 # job one MLflow run nested under the sweep's parent run: make sweep SWEEP=optuna ARGS="..."
+# JOBS=N runs N jobs at once on this machine (Hydra's joblib launcher; each job gets 1/N of the
+# cores); an Optuna search then also asks for N trials at a time.
 SWEEP ?= loss_weights
+JOBS ?= 1
+SWEEP_JOBS = $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) \
+	$(if $(filter optuna%,$(SWEEP)),hydra.sweeper.n_jobs=$(JOBS)))
 sweep: install weights
-	$(PY) -m srgan.train sweep=$(SWEEP) $(ARGS)
+	$(PY) -m srgan.train sweep=$(SWEEP) $(SWEEP_JOBS) $(ARGS)
 
 # Speed, memory and hardware efficiency of training and inference (bench/speed.py; not a test).
 bench: install

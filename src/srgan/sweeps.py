@@ -39,7 +39,8 @@ PARENT_ENV = "SRGAN_SWEEP_PARENT_RUN"
 SWEEP_ENV = "SRGAN_SWEEP_ID"
 KEYS_ENV = "SRGAN_SWEEP_KEYS"
 URI_ENV = "SRGAN_SWEEP_TRACKING_URI"
-_ENV = (PARENT_ENV, SWEEP_ENV, KEYS_ENV, URI_ENV)
+STUDY_ENV = "SRGAN_SWEEP_OPTUNA_STUDY"
+_ENV = (PARENT_ENV, SWEEP_ENV, KEYS_ENV, URI_ENV, STUDY_ENV)
 
 # Config keys (and groups) read only once the adversarial phase has started (step >= pretrain_steps).
 ADVERSARIAL_ONLY = (
@@ -136,6 +137,8 @@ class MlflowSweepCallback(Callback):
         grid = sweep_grid(config)
         refuse_identical_jobs(config, grid)
         t = config.tracking
+        # An Optuna search: its study (shared by every worker of a sweep=optuna_shared) tags each run.
+        study = config.hydra.sweeper.get("study_name") if "optuna" in str(config.hydra.sweeper.get("_target_")) else None
         try:
             self.client = open_client(t.uri)
             experiment_id = get_or_create_experiment(self.client, t.uri, t.experiment_name, t.get("artifact_location"))
@@ -147,6 +150,7 @@ class MlflowSweepCallback(Callback):
                     "sweep_grid": str(grid),
                     "sweep_overrides": " ".join(config.hydra.overrides.task) or "(none)",
                     "sweep_dir": str(config.hydra.sweep.dir),
+                    **({"optuna_study": str(study)} if study else {}),
                 },
             )
         except Exception as err:  # noqa: BLE001 - any failure: no sweep without its parent run
@@ -158,6 +162,8 @@ class MlflowSweepCallback(Callback):
         os.environ.update(
             {PARENT_ENV: self.parent, SWEEP_ENV: sweep_id, KEYS_ENV: json.dumps(list(grid)), URI_ENV: str(t.uri)}
         )
+        if study:
+            os.environ[STUDY_ENV] = str(study)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.client is None or self.parent is None:
@@ -176,15 +182,25 @@ class MlflowSweepCallback(Callback):
 
 def end_interrupted_sweep(signal_name: str) -> None:
     """After SIGINT / SIGTERM stopped a multirun: mark its parent run KILLED (nothing outside a sweep)."""
+    _end_sweep_early("KILLED", "sweep_interrupted", signal_name)
+
+
+def end_failed_sweep(reason: str) -> None:
+    """After the sweep itself failed (a launcher that could not submit, a sweeper error; not a job,
+    which is recorded and passed over): mark its parent run FAILED with ``reason`` (nothing outside a sweep)."""
+    _end_sweep_early("FAILED", "sweep_error", reason[:5000])
+
+
+def _end_sweep_early(status: str, tag: str, value: str) -> None:
     parent, uri = os.environ.get(PARENT_ENV), os.environ.get(URI_ENV)
     if not (parent and uri):
         return
     try:
         client = open_client(uri)
-        client.set_tag(parent, "sweep_interrupted", signal_name)
-        client.set_terminated(parent, "KILLED")
+        client.set_tag(parent, tag, value)
+        client.set_terminated(parent, status)
     except Exception as err:  # noqa: BLE001 - the command is exiting; say what was left undone
-        log.warning("could not mark the sweep's parent run %s KILLED in %s: %s", parent, uri, err)
+        log.warning("could not mark the sweep's parent run %s %s in %s: %s", parent, status, uri, err)
     for key in _ENV:
         os.environ.pop(key, None)
 
@@ -210,7 +226,10 @@ def sweep_tags() -> dict[str, str]:
     parent = os.environ.get(PARENT_ENV)
     if not parent:
         return {}
-    return {"mlflow.parentRunId": parent, "sweep_id": os.environ.get(SWEEP_ENV, "")}
+    tags = {"mlflow.parentRunId": parent, "sweep_id": os.environ.get(SWEEP_ENV, "")}
+    if os.environ.get(STUDY_ENV):
+        tags["optuna_study"] = os.environ[STUDY_ENV]
+    return tags
 
 
 def record_failed_job(

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from srgan.config import CONF_DIR, ConfigError, validate_training_config
 from srgan.sweeps import (
+    end_failed_sweep,
     end_interrupted_sweep,
     inert_adversarial_settings,
     job_name,
@@ -369,8 +370,23 @@ def _train(cfg: DictConfig, run_dir: str | Path, stop: Any) -> dict[str, Any]:
     }
 
 
+def _submitit_rendezvous() -> None:
+    """Inside a submitit job of several tasks (``hydra/launcher=srgan_slurm``: one task per GPU, on one
+    or more nodes), export the ``torch.distributed`` rendezvous (MASTER_ADDR/PORT, RANK, WORLD_SIZE,
+    LOCAL_RANK) from the job's environment, so that Accelerate forms one process group over the job's
+    tasks, as ``accelerate launch`` would. Outside submitit, or already set up: nothing."""
+    if "SUBMITIT_EXECUTOR" not in os.environ or "RANK" in os.environ:
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        # Each task sees every GPU of its node; Accelerate picks cuda:LOCAL_RANK.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    _submitit_rendezvous()
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         # One failed job must not stop the sweep: its MLflow run is already marked FAILED.
         hydra_cfg = HydraConfig.get()
@@ -405,6 +421,11 @@ def main() -> None:
         if rank == 0:
             print(err.report() if hasattr(err, "report") else f"srgan-train: interrupted by {name}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 128 + signal.Signals[name]))
+    except SystemExit as err:  # Hydra reports an exception of the sweep itself and exits 1
+        if err.code not in (0, None):
+            # e.g. a launcher that could not submit: the parent run must not stay RUNNING
+            end_failed_sweep(f"srgan-train exited with status {err.code} (the error is on its console)")
+        raise
 
 
 def _terminate(signum: int, frame: Any) -> None:
