@@ -20,5 +20,16 @@ def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> 
         import mlflow
 
         target = tempfile.mkdtemp(prefix="srgan-model-")
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=target, tracking_uri=tracking_uri))
+        # models:/ URIs are looked up in the model registry, which MLflow takes from its registry URI,
+        # not from download_artifacts' tracking_uri: the registry is the tracking store's unless
+        # MLFLOW_REGISTRY_URI says otherwise.
+        registry = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+        previous = mlflow.get_registry_uri()
+        if registry:
+            mlflow.set_registry_uri(registry)
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=target, tracking_uri=tracking_uri)
+        finally:
+            mlflow.set_registry_uri(previous)
+        return Path(path)
     return Path(text)
