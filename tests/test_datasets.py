@@ -14,7 +14,7 @@ from rasterio.windows import Window
 from torch.utils.data import DataLoader
 
 from srgan.config import CONF_DIR
-from srgan.data.datasets import PairedFolderData, RasterSRData, SyntheticSRData
+from srgan.data.datasets import PairedFolderData, RasterSRData, SyntheticSRData, Tiles
 from srgan.data.degradation import S2_MTF_NYQUIST, Degradation, Resample, gaussian_kernel, mtf_sigma
 from srgan.data.normalization import LinearScale, PercentileScale, ZScore
 from srgan.data.rasters import RasterError, to_dtype
@@ -259,9 +259,9 @@ def test_a_list_of_rasters_feeds_one_dataset_through_worker_processes(small_geot
         tmp_path / "second.tif", np.full((4, 96, 192), 3000, np.uint16), ["B04", "B03", "B02", "B08"]
     )
     data = raster([str(small_geotiff), str(second)])
-    assert len(data.regions("val")) == 2 and len(data.val_dataset("val")) == 2 * len(
-        data.val_dataset("val").datasets[0]
-    )
+    first = data.regions("val")[0]  # two same-sized files: twice one file's tiles
+    one_file = Tiles(first.lr, first.hr, data.scale, data.val_tile)
+    assert len(data.regions("val")) == 2 and len(data.val_dataset("val")) == 2 * len(one_file)
     loader = DataLoader(data.train_dataset(16, 0), batch_size=8, num_workers=2)
     batches = list(loader)
     assert len(batches) == 2 and batches[0]["hr"].shape == (8, 4, 16, 16)

@@ -24,12 +24,8 @@ def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> 
         # not from download_artifacts' tracking_uri: the registry is the tracking store's unless
         # MLFLOW_REGISTRY_URI says otherwise.
         registry = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
-        previous = mlflow.get_registry_uri()
-        if registry:
-            mlflow.set_registry_uri(registry)
-        try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=target, tracking_uri=tracking_uri)
-        finally:
-            mlflow.set_registry_uri(previous)
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=text, dst_path=target, tracking_uri=tracking_uri, registry_uri=registry
+        )
         return Path(path)
     return Path(text)

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -370,13 +370,74 @@ def _normalized(normalization: Any, data: np.ndarray, valid: np.ndarray) -> torc
     return torch.from_numpy(out)
 
 
+class StreamedRegions(Sequence):
+    """A split's regions read when asked for, never all held at once: a large paired set (thousands of
+    SEN2NAIP regions) or a long list of scenes validates and evaluates in the memory of one region.
+
+    ``load(i)`` reads and degrades region ``i``; ``lr_shapes`` / ``hr_shapes`` come from the files'
+    headers, so sizes are known without reading pixels. Iterating reads each region once; ``[i]``
+    keeps the last region read, so consecutive tiles of one region read it once."""
+
+    def __init__(
+        self, load: Callable[[int], Region], lr_shapes: list[tuple[int, int]], hr_shapes: list[tuple[int, int]]
+    ) -> None:
+        self._load, self.lr_shapes, self.hr_shapes = load, lr_shapes, hr_shapes
+        self._last: tuple[int, Region] | None = None
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.lr_shapes)
+
+    def __getitem__(self, index: int) -> Region:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"region {index} of {len(self)}")
+        index %= len(self)
+        if self._last is None or self._last[0] != index:
+            self._last = None  # let the previous region go before the next is read
+            self._last = (index, self._load(index))
+            self.reads += 1
+        return self._last[1]
+
+    def __iter__(self) -> Iterator[Region]:
+        for index in range(len(self)):
+            yield self[index]
+
+
+def _tile_origins(rows: int, cols: int, tile_rows: int, tile_cols: int) -> list[tuple[int, int]]:
+    """Non-overlapping tile origins over ``rows x cols``, the last row and column shifted inwards."""
+
+    def starts(size: int, step: int) -> list[int]:
+        return sorted({min(i, size - step) for i in range(0, size, step)})
+
+    return [(r, c) for r in starts(rows, tile_rows) for c in starts(cols, tile_cols)]
+
+
+class StreamedTiles(Dataset):
+    """:class:`Tiles` over every region of a :class:`StreamedRegions`, reading a region when its first
+    tile is asked for (tiles in index order read each region once)."""
+
+    def __init__(self, regions: StreamedRegions, scale: int, tile: int) -> None:
+        self.regions, self.scale = regions, scale
+        self.index: list[tuple[int, int, int, int, int]] = []  # region, row, col, tile rows, tile cols
+        for i, (rows, cols) in enumerate(regions.lr_shapes):
+            th, tw = min(tile // scale, rows), min(tile // scale, cols)
+            self.index += [(i, r, c, th, tw) for r, c in _tile_origins(rows, cols, th, tw)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i, r, c, h, w = self.index[index]
+        return Tiles.crop(self.regions[i], r, c, h, w, self.scale)
+
+
 class _HeldOutAreas:
     """What every data source offers besides training patches: the held-out areas as regions and tiles."""
 
     scale: int
     val_tile: int
 
-    def regions(self, split: str) -> list[Region]:
+    def regions(self, split: str) -> Sequence[Region]:
         raise NotImplementedError
 
     def region(self, split: str) -> Region:
@@ -384,7 +445,10 @@ class _HeldOutAreas:
         return self.regions(split)[0]
 
     def val_dataset(self, split: str = "val") -> Dataset:
-        tiles = [Tiles(r.lr, r.hr, self.scale, self.val_tile, r.hr_valid) for r in self.regions(split)]
+        regions = self.regions(split)
+        if isinstance(regions, StreamedRegions):
+            return StreamedTiles(regions, self.scale, self.val_tile)
+        tiles = [Tiles(r.lr, r.hr, self.scale, self.val_tile, r.hr_valid) for r in regions]
         return tiles[0] if len(tiles) == 1 else ConcatDataset(tiles)
 
 
@@ -399,11 +463,42 @@ def _augment(*images: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Ten
     return tuple(_dihedral(x, k, flip).contiguous() for x in images)
 
 
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+def expand_paths(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """``dataset.path`` as the files it names: a file, a folder (its ``*.tif`` / ``*.tiff``, not
+    recursive), a glob pattern (``/data/scenes/*_10m.tif``, ``**`` recursive), or a list of these;
+    sorted within each entry, each file once. An entry that names nothing is an error naming it."""
+    entries = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not entries:
+        raise ValueError("dataset.path lists no file")
+    files: list[str] = []
+    for entry in entries:
+        text = str(entry)
+        if Path(text).is_dir():
+            found = sorted(str(p) for p in Path(text).iterdir() if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
+            if not found:
+                raise RasterError(f"dataset.path: folder {text} holds no .tif / .tiff file")
+        elif any(ch in text for ch in "*?["):
+            import glob
+
+            found = sorted(p for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise RasterError(f"dataset.path: pattern {text!r} matches no file")
+        else:
+            found = [text]  # a missing file is named by the reader
+        files += [f for f in found if f not in files]
+    return files
+
+
 class RasterSRData(_HeldOutAreas):
     """GeoTIFF(s) as a super-resolution data source, each split into disjoint column blocks.
 
     Args:
-        path: a GeoTIFF or a list of them (same bands in each).
+        path: a GeoTIFF, a folder of them, a glob pattern, or a list of these (same bands in each;
+            :func:`expand_paths`). Training patches are drawn from the files in proportion to
+            their training areas; validation and test areas are read one file at a time.
         bands: band names (matched against the file's band descriptions) or 1-based indices.
         num_bands: the band count the rest of the config interpolates; must equal ``len(bands)``.
         scale: the super-resolution factor.
@@ -498,10 +593,7 @@ class RasterSRData(_HeldOutAreas):
         return a, 0, b - a, source.width - source.width % s
 
     def _open(self, path: str | Sequence[str]) -> list[Any]:
-        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-        if not paths:
-            raise ValueError("dataset.path lists no file")
-        return [GeoTiffSource(p, self.bands, self.nodata_setting) for p in paths]
+        return [GeoTiffSource(p, self.bands, self.nodata_setting) for p in expand_paths(path)]
 
     def _water_index(self) -> int | None:
         band = self.filter.water_band
@@ -532,29 +624,37 @@ class RasterSRData(_HeldOutAreas):
                 if count == 0:
                     raise RasterError(f"{source.path}: the {split_name} area is entirely nodata")
 
-    def regions(self, split: str) -> list[Region]:
-        """The whole area of one split in every file, HR and degraded LR (computed once, then cached)."""
+    def regions(self, split: str) -> Sequence[Region]:
+        """The whole area of one split in every file, HR and degraded LR. One file: computed once and
+        kept (validation reuses it). Several files (many scenes): :class:`StreamedRegions`, each read
+        when asked for, so the held-out areas of any number of scenes never sit in memory together."""
         self.check_split(split)
-        out = []
-        for i, source in enumerate(self.sources):
-            if (split, i) not in self._regions:
-                row, col, rows, cols = self.extent(i, split)
-                data, valid = source.read(Window(col, row, cols, rows))
-                hr = _normalized(self.normalization, data, valid)
-                rng = np.random.default_rng((getattr(self.degradation, "seed", 0), SPLITS.index(split), i))
-                hr_valid = torch.from_numpy(valid)
-                lr, lr_valid = self.degradation.masked(hr, hr_valid, rng)
-                self._regions[(split, i)] = Region(
-                    lr=lr,
-                    hr=hr,
-                    hr_transform=source.transform @ Affine.translation(col, row),
-                    crs=source.crs,
-                    hr_valid=hr_valid,
-                    lr_valid=lr_valid,
-                    source=str(source.path),
-                )
-            out.append(self._regions[(split, i)])
-        return out
+        if len(self.sources) > 1:
+            extents = [self.extent(i, split) for i in range(len(self.sources))]
+            hr_shapes = [(rows, cols) for _, _, rows, cols in extents]
+            lr_shapes = [(rows // self.scale, cols // self.scale) for rows, cols in hr_shapes]
+            return StreamedRegions(lambda i: self._read_region(split, i), lr_shapes, hr_shapes)
+        if (split, 0) not in self._regions:
+            self._regions[(split, 0)] = self._read_region(split, 0)
+        return [self._regions[(split, 0)]]
+
+    def _read_region(self, split: str, i: int) -> Region:
+        source = self.sources[i]
+        row, col, rows, cols = self.extent(i, split)
+        data, valid = source.read(Window(col, row, cols, rows))
+        hr = _normalized(self.normalization, data, valid)
+        rng = np.random.default_rng((getattr(self.degradation, "seed", 0), SPLITS.index(split), i))
+        hr_valid = torch.from_numpy(valid)
+        lr, lr_valid = self.degradation.masked(hr, hr_valid, rng)
+        return Region(
+            lr=lr,
+            hr=hr,
+            hr_transform=source.transform @ Affine.translation(col, row),
+            crs=source.crs,
+            hr_valid=hr_valid,
+            lr_valid=lr_valid,
+            source=str(source.path),
+        )
 
     def check_split(self, split: str) -> None:
         """Every file's ``split`` area holds at least a patch (with the degradation's context for
@@ -665,23 +765,24 @@ class Tiles(Dataset):
         self.hr_valid = torch.ones(hr.shape[-2:], dtype=torch.bool) if hr_valid is None else hr_valid.bool()
         rows, cols = lr.shape[-2:]
         self.tile_rows, self.tile_cols = min(tile // scale, rows), min(tile // scale, cols)
-
-        def starts(size: int, step: int) -> list[int]:
-            return sorted({min(i, size - step) for i in range(0, size, step)})
-
-        self.origins = [(r, c) for r in starts(rows, self.tile_rows) for c in starts(cols, self.tile_cols)]
+        self.origins = _tile_origins(rows, cols, self.tile_rows, self.tile_cols)
 
     def __len__(self) -> int:
         return len(self.origins)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         r, c = self.origins[index]
-        h, w, s = self.tile_rows, self.tile_cols, self.scale
+        return self.crop(self, r, c, self.tile_rows, self.tile_cols, self.scale)
+
+    @staticmethod
+    def crop(region: Any, r: int, c: int, h: int, w: int, s: int) -> dict[str, torch.Tensor]:
+        """The tile at LR ``(r, c)``, ``h x w`` LR pixels, of anything with ``lr``, ``hr``, ``hr_valid``."""
+        hr_valid = region.hr_valid if region.hr_valid is not None else torch.ones(region.hr.shape[-2:], dtype=torch.bool)
         return {
-            "lr": self.lr[:, r : r + h, c : c + w].contiguous(),
-            "hr": self.hr[:, r * s : (r + h) * s, c * s : (c + w) * s].contiguous(),
+            "lr": region.lr[:, r : r + h, c : c + w].contiguous(),
+            "hr": region.hr[:, r * s : (r + h) * s, c * s : (c + w) * s].contiguous(),
             # Which HR pixels hold data (the validation grid leaves nodata out of its stretch).
-            "hr_valid": self.hr_valid[r * s : (r + h) * s, c * s : (c + w) * s].contiguous(),
+            "hr_valid": hr_valid[r * s : (r + h) * s, c * s : (c + w) * s].bool().contiguous(),
         }
 
 
@@ -862,7 +963,6 @@ class PairedData(_HeldOutAreas):
                         f"{self.path}: {type(norm).__name__} needs a train split to fit its statistics on"
                     )
                 _fit_normalization(norm, images, [(0, 0, im.height, im.width) for im in images], cache_dir)
-        self._regions: dict[str, list[Region]] = {}
 
     def _check_pair(self, pair: RegionPair, band_names: list[str] | None, first: RegionPair | None) -> None:
         lr, hr, scale = pair.lr, pair.hr, self.scale
@@ -896,27 +996,28 @@ class PairedData(_HeldOutAreas):
             f"add {self.unit}s or change dataset.split.fractions"
         )
 
-    def regions(self, split: str) -> list[Region]:
+    def regions(self, split: str) -> StreamedRegions:
+        """The split's regions, each read when asked for (:class:`StreamedRegions`): a paired set of
+        any size validates and evaluates in the memory of one region."""
         if split not in self.pairs:
             raise KeyError(f"unknown split {split!r}; this dataset has {list(self.pairs)}")
-        if split not in self._regions:
-            out = []
-            for lr_src, hr_src in self.pairs[split]:
-                lr_data, lr_valid = lr_src.read(Window(0, 0, lr_src.width, lr_src.height))
-                hr_data, hr_valid = hr_src.read(Window(0, 0, hr_src.width, hr_src.height))
-                out.append(
-                    Region(
-                        _normalized(self.lr_normalization, lr_data, lr_valid),
-                        _normalized(self.normalization, hr_data, hr_valid),
-                        hr_src.transform,
-                        hr_src.crs,
-                        torch.from_numpy(hr_valid),
-                        torch.from_numpy(lr_valid),
-                        str(hr_src.path.parent),
-                    )
-                )
-            self._regions[split] = out
-        return self._regions[split]
+        pairs = self.pairs[split]
+
+        def load(i: int) -> Region:
+            lr_src, hr_src = pairs[i]
+            lr_data, lr_valid = lr_src.read(Window(0, 0, lr_src.width, lr_src.height))
+            hr_data, hr_valid = hr_src.read(Window(0, 0, hr_src.width, hr_src.height))
+            return Region(
+                _normalized(self.lr_normalization, lr_data, lr_valid),
+                _normalized(self.normalization, hr_data, hr_valid),
+                hr_src.transform,
+                hr_src.crs,
+                torch.from_numpy(hr_valid),
+                torch.from_numpy(lr_valid),
+                str(hr_src.path.parent),
+            )
+
+        return StreamedRegions(load, [(lr.height, lr.width) for lr, _ in pairs], [(hr.height, hr.width) for _, hr in pairs])
 
     def train_dataset(self, length: int, seed: int, augment: bool = True) -> Dataset:
         return PairedPatches(self, length, seed, augment)

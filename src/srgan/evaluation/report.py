@@ -33,7 +33,9 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def area_line(data: Any, split: str, regions: list, border: int, units: Any, results: dict) -> str:
     """Where the numbers come from: the area, its units and how many pixels were measured."""
-    sizes = [f"{r.hr.shape[-2]}x{r.hr.shape[-1]}" for r in regions]
+    # Streamed regions know their sizes from the files' headers: listing them reads no pixels.
+    shapes = getattr(regions, "hr_shapes", None) or [tuple(r.hr.shape[-2:]) for r in regions]
+    sizes = [f"{h}x{w}" for h, w in shapes]
     if len(sizes) > 3:  # e.g. a benchmark set's images
         size = f"{len(sizes)} images of " + ", ".join(sorted(set(sizes)))
     else:
