@@ -86,7 +86,7 @@ def main() -> None:
         "median_seconds": medians,
         "speedup_of_medians": medians["sequential"] / medians[parallel],
     }
-    print(f"\n| launcher | median s | rounds (s) |\n|---|---:|---|")
+    print("\n| launcher | median s | rounds (s) |\n|---|---:|---|")
     for name, t in times.items():
         print(f"| {name} | {medians[name]:.1f} | {', '.join(f'{s:.1f}' for s in t)} |")
     print(f"\n{parallel} vs sequential: {result['speedup_of_medians']:.2f}x (medians)")

@@ -93,7 +93,9 @@ def test_registered_model_serves_mlflow_models_predict_and_srgan_infer(registere
 
     _cli("srgan.degrade", "split=test", f"output={tmp_path}/lr.tif")
     by_uri, by_folder = tmp_path / "uri.tif", tmp_path / "folder.tif"
-    _cli("srgan.infer", f"model=models:/{NAME}/1", f"input={tmp_path}/lr.tif", f"output={by_uri}", f"tracking_uri={uri}")
+    _cli(
+        "srgan.infer", f"model=models:/{NAME}/1", f"input={tmp_path}/lr.tif", f"output={by_uri}", f"tracking_uri={uri}"
+    )
     _cli("srgan.infer", f"model={run_dir}", f"input={tmp_path}/lr.tif", f"output={by_folder}")
     with rasterio.open(by_uri) as a, rasterio.open(by_folder) as b:
         assert np.array_equal(a.read(), b.read()) and a.transform == b.transform

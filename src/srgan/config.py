@@ -12,7 +12,6 @@ and a key missing from them is an error naming it (not a second, silently differ
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

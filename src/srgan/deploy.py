@@ -206,7 +206,9 @@ def export_onnx(
                 expected = net(tile).numpy()
             got = session.run([OUTPUT_NAME], {INPUT_NAME: tile.numpy()})[0]
             if got.shape != expected.shape:
-                raise DeployError(f"{output}: ONNX output shape {got.shape} != torch {expected.shape} for a {h}x{w} tile")
+                raise DeployError(
+                    f"{output}: ONNX output shape {got.shape} != torch {expected.shape} for a {h}x{w} tile"
+                )
             span = max(1.0, float(np.abs(expected).max()))
             err = float(np.abs(got - expected).max())
             checks.append({"lr_size": [h, w], "max_abs_error": err, "relative_error": err / span})

@@ -138,7 +138,9 @@ class MlflowSweepCallback(Callback):
         refuse_identical_jobs(config, grid)
         t = config.tracking
         # An Optuna search: its study (shared by every worker of a sweep=optuna_shared) tags each run.
-        study = config.hydra.sweeper.get("study_name") if "optuna" in str(config.hydra.sweeper.get("_target_")) else None
+        study = (
+            config.hydra.sweeper.get("study_name") if "optuna" in str(config.hydra.sweeper.get("_target_")) else None
+        )
         try:
             self.client = open_client(t.uri)
             experiment_id = get_or_create_experiment(self.client, t.uri, t.experiment_name, t.get("artifact_location"))

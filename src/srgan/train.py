@@ -261,7 +261,6 @@ def _export(
     from accelerate.utils import gather_object
 
     from srgan.deploy import write_mlmodel
-
     from srgan.engine.build import model_card, weights_fingerprint
     from srgan.engine.checkpoint import export_model
 

@@ -777,7 +777,9 @@ class Tiles(Dataset):
     @staticmethod
     def crop(region: Any, r: int, c: int, h: int, w: int, s: int) -> dict[str, torch.Tensor]:
         """The tile at LR ``(r, c)``, ``h x w`` LR pixels, of anything with ``lr``, ``hr``, ``hr_valid``."""
-        hr_valid = region.hr_valid if region.hr_valid is not None else torch.ones(region.hr.shape[-2:], dtype=torch.bool)
+        hr_valid = (
+            region.hr_valid if region.hr_valid is not None else torch.ones(region.hr.shape[-2:], dtype=torch.bool)
+        )
         return {
             "lr": region.lr[:, r : r + h, c : c + w].contiguous(),
             "hr": region.hr[:, r * s : (r + h) * s, c * s : (c + w) * s].contiguous(),
@@ -1017,7 +1019,9 @@ class PairedData(_HeldOutAreas):
                 str(hr_src.path.parent),
             )
 
-        return StreamedRegions(load, [(lr.height, lr.width) for lr, _ in pairs], [(hr.height, hr.width) for _, hr in pairs])
+        return StreamedRegions(
+            load, [(lr.height, lr.width) for lr, _ in pairs], [(hr.height, hr.width) for _, hr in pairs]
+        )
 
     def train_dataset(self, length: int, seed: int, augment: bool = True) -> Dataset:
         return PairedPatches(self, length, seed, augment)
