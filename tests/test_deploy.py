@@ -21,8 +21,9 @@ from tests.conftest import compose_config, tracked_tiny
 NAME = "s2-demo-tiny"
 
 
-def _cli(module: str, *args: str, ok: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600, env=env)
+def _cli(module: str, *args: str, ok: bool = True, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
     if ok:
         assert out.returncode == 0, f"{module} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
@@ -94,8 +95,14 @@ def test_registered_model_serves_mlflow_models_predict_and_srgan_infer(registere
     _cli("srgan.degrade", "split=test", f"output={tmp_path}/lr.tif")
     by_uri, by_folder = tmp_path / "uri.tif", tmp_path / "folder.tif"
     _cli(
-        "srgan.infer", f"model=models:/{NAME}/1", f"input={tmp_path}/lr.tif", f"output={by_uri}", f"tracking_uri={uri}"
+        "srgan.infer",
+        f"model=models:/{NAME}/1",
+        f"input={tmp_path}/lr.tif",
+        f"output={by_uri}",
+        f"tracking_uri={uri}",
+        cwd=tmp_path,
     )
+    assert not (tmp_path / "mlflow.db").exists()  # the registry lookup used tracking_uri, not MLflow's default
     _cli("srgan.infer", f"model={run_dir}", f"input={tmp_path}/lr.tif", f"output={by_folder}")
     with rasterio.open(by_uri) as a, rasterio.open(by_folder) as b:
         assert np.array_equal(a.read(), b.read()) and a.transform == b.transform

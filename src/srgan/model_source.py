@@ -20,12 +20,21 @@ def resolve_model(model: str | os.PathLike, tracking_uri: str | None = None) -> 
         import mlflow
 
         target = tempfile.mkdtemp(prefix="srgan-model-")
-        # models:/ URIs are looked up in the model registry, which MLflow takes from its registry URI,
-        # not from download_artifacts' tracking_uri: the registry is the tracking store's unless
-        # MLFLOW_REGISTRY_URI says otherwise.
-        registry = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=text, dst_path=target, tracking_uri=tracking_uri, registry_uri=registry
-        )
+        # models:/ URIs are looked up in the model registry through clients MLflow makes with its
+        # default URIs, not with download_artifacts' tracking_uri (which would open, and create,
+        # ./mlflow.db): MLflow's environment variables name the store for the call, then are restored.
+        # A registry of its own (MLFLOW_REGISTRY_URI) is kept; otherwise it is the tracking store.
+        saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        if tracking_uri:
+            os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+            os.environ.setdefault("MLFLOW_REGISTRY_URI", tracking_uri)
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=target, tracking_uri=tracking_uri)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         return Path(path)
     return Path(text)
