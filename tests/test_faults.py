@@ -136,6 +136,7 @@ def test_training_survives_the_tracking_server_going_away_and_coming_back(tmp_pa
         assert {f.path for f in client.list_artifacts(run_id, "model")} == {
             "model/generator.safetensors",
             "model/config.yaml",
+            "model/MLmodel",  # the MLflow pyfunc flavour (docs/deploy.md)
         }
         assert not (tmp_path / "run" / PENDING_FILE).exists()
         assert any("reachable again" in line for line in output)

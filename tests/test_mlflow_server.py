@@ -40,4 +40,5 @@ def test_training_logs_to_a_tracking_server(mlflow_server, tmp_path):
     assert {f.path for f in client.list_artifacts(result["run_id"], "model")} == {
         "model/generator.safetensors",
         "model/config.yaml",
+        "model/MLmodel",  # the MLflow pyfunc flavour (docs/deploy.md)
     }

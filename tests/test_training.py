@@ -50,6 +50,7 @@ def test_tiny_run_logs_everything_and_exports_the_ema_generator(tmp_path, tiny_o
     assert {f.path for f in client.list_artifacts(run.info.run_id, "model")} == {
         "model/generator.safetensors",
         "model/config.yaml",
+        "model/MLmodel",  # the MLflow pyfunc flavour (docs/deploy.md)
     }
     grids = [f.path for f in client.list_artifacts(run.info.run_id, "val_grids")]
     assert grids and all(re.fullmatch(r"val_grids/val_grid_step\d{6}\.png", g) for g in grids), grids

@@ -152,6 +152,7 @@ class MlflowSweepCallback(Callback):
                     "sweep_grid": str(grid),
                     "sweep_overrides": " ".join(config.hydra.overrides.task) or "(none)",
                     "sweep_dir": str(config.hydra.sweep.dir),
+                    "sweep_pid": str(os.getpid()),
                     **({"optuna_study": str(study)} if study else {}),
                 },
             )

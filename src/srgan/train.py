@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -177,6 +178,9 @@ def _tracker(cfg: DictConfig, settings: Any, accelerator: Any, run_dir: Path, da
             "generator": cfg.generator._target_.rsplit(".", 1)[-1],
             "git_commit": _git_commit() or "unknown",
             "processes": str(accelerator.num_processes),
+            # Where the main process ran: a sweep's jobs on a cluster or in worker processes.
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
             "precision": settings.trainer.precision,
             **sweep_tags(),
         },
