@@ -16,9 +16,13 @@ adversarial phase. FLOPs of one step are counted on both sides with ``torch.util
   is the median of the timed steps after warm-up.
 * inference: generator forward on batches of 64x64 LR tiles in ``torch.inference_mode``, output
   megapixels per second.
+* scene (``--scene``, 1024 by default): srgan-infer on a 1024x1024 LR uint16 GeoTIFF (tiles of 128
+  px with 16 px overlap, 4 per batch: its defaults; reading, blending and writing included) against
+  the reference's generator run over the same number of 128 px tiles in batches of 4, in memory.
 
-Each measurement is a fresh subprocess; the two sides alternate for ``--rounds`` rounds and the
-ratios use the medians over rounds. Nothing is downloaded at run time: ``.venv-peer`` must exist.
+Each measurement is a fresh subprocess; the two sides alternate for ``--rounds`` rounds (which side
+goes first alternates too), the ratios use the medians over rounds, and the spread (min - max over
+rounds) is printed and kept. Nothing is downloaded at run time: ``.venv-peer`` must exist.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 BANDS, SCALE, BATCH, LR_SIZE, TILE, TILE_BATCH = 4, 4, 4, 32, 64, 4
+# The whole-scene row: srgan-infer's defaults (conf/infer.yaml: tile 128, overlap 16, batch 4).
+SCENE_TILE, SCENE_OVERLAP, SCENE_BATCH = 128, 16, 4
 # srgan's generator with the reference's kernel sizes and residual scale: the same network.
 OURS = ["generator.head_kernel=9", "generator.tail_kernel=9", "generator.res_scale=0.2"]
 
@@ -201,13 +207,34 @@ def reference_generator(warmup: int, repeats: int) -> dict[str, Any]:
     return {"batch_s_median": median, "output_mpx_per_s": mpx / median, "batch_s_all": times}
 
 
+def reference_scene(tiles: int, tile: int, batch: int, scene: int) -> dict[str, Any]:
+    """The reference's generator over as many tiles as srgan-infer cuts the scene into, in batches
+    like srgan-infer's, pixels already in memory: no reading, blending or writing (all of which
+    srgan-infer's number includes), so this favours the reference."""
+    import torch
+
+    model = _reference_model().eval()
+    x = torch.rand(batch, BANDS, tile, tile)
+    with torch.inference_mode():
+        model.generator(x[:1])  # warm-up
+        start = time.perf_counter()
+        for first in range(0, tiles, batch):
+            model.generator(x[: min(batch, tiles - first)])
+        seconds = time.perf_counter() - start
+    mpx = (scene * SCALE) ** 2 / 1e6
+    return {"seconds": seconds, "output_mpx_per_s": mpx / seconds, "tiles": tiles}
+
+
 def reference_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import resource
 
     import torch
 
-    run = reference_train if spec["kind"] == "train" else reference_generator
-    result = run(spec["warmup"], spec["repeats"])
+    if spec["kind"] == "scene":
+        result = reference_scene(spec["tiles"], spec["scene_tile"], spec["scene_batch"], spec["scene"])
+    else:
+        run = reference_train if spec["kind"] == "train" else reference_generator
+        result = run(spec["warmup"], spec["repeats"])
     versions = {}
     for name in ("torch", "pytorch_lightning", "opensr_srgan"):
         try:
@@ -243,6 +270,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--scene", type=int, default=1024, help="LR size of the whole-scene row (0: skip it)")
     args = parser.parse_args()
     if args.reference_worker:
         print(json.dumps(reference_worker(json.loads(args.reference_worker))))
@@ -250,17 +278,25 @@ def main() -> None:
     if not PEER_PYTHON.exists():
         raise SystemExit(f"{PEER_PYTHON} is missing: run `make bench-peer` (it creates .venv-peer)")
 
+    from srgan.tiling import tile_boxes
+
     speed = str(ROOT / "bench" / "speed.py")
+    kinds = ("train", "generator") + (("scene",) if args.scene else ())
+    scene = {"scene": args.scene, "scene_tile": SCENE_TILE, "scene_batch": SCENE_BATCH}
+    scene["tiles"] = len(tile_boxes(args.scene, args.scene, SCENE_TILE, SCENE_OVERLAP)) if args.scene else 0
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for _ in range(args.rounds):
-        for kind in ("train", "generator"):
-            spec = {"kind": kind, "warmup": args.warmup, "repeats": args.repeats}
-            theirs = _run([str(PEER_PYTHON), __file__, "--reference-worker", json.dumps(spec)])
+    for r in range(args.rounds):
+        for kind in kinds:
+            spec = {"kind": kind, "warmup": args.warmup, "repeats": args.repeats, **scene}
             ours_spec = {**spec, "model": "rcab", "variant": "default", "opts": {"overrides": OURS}, "device": "cpu"}
             ours_spec.update(train_batch=BATCH, infer_batch=TILE_BATCH)
-            ours = _run([sys.executable, speed, "--worker", json.dumps(ours_spec)])
-            ours["side"] = "srgan"
-            for row in (theirs, ours):
+            # The two sides alternate which goes first, round by round.
+            sides = [("theirs", spec), ("ours", ours_spec)]
+            for side, side_spec in sides if r % 2 == 0 else sides[::-1]:
+                if side == "theirs":
+                    row = _run([str(PEER_PYTHON), __file__, "--reference-worker", json.dumps(side_spec)])
+                else:
+                    row = {**_run([sys.executable, speed, "--worker", json.dumps(side_spec)]), "side": "srgan"}
                 print(json.dumps(row), flush=True)
                 rows.setdefault((kind, row["side"]), []).append(row)
 
@@ -278,6 +314,17 @@ def main() -> None:
     summary["infer_speedup"] = (
         summary["infer_output_mpx_per_s"]["srgan"] / summary["infer_output_mpx_per_s"]["opensr-srgan"]
     )
+    summary["spread"] = {
+        f"{kind}/{side}": [min(v), max(v)]
+        for (kind, side), rs in rows.items()
+        for v in [[x.get("steps_per_s") or x["output_mpx_per_s"] for x in rs]]
+    }
+    if args.scene:
+        summary["scene_output_mpx_per_s"] = {s: med("scene", s, "output_mpx_per_s") for s in ("opensr-srgan", "srgan")}
+        summary["scene_speedup"] = (
+            summary["scene_output_mpx_per_s"]["srgan"] / summary["scene_output_mpx_per_s"]["opensr-srgan"]
+        )
+        summary["scene"] = scene
     summary["machine_cpus"] = os.cpu_count()
     summary["reference_versions"] = rows[("train", "opensr-srgan")][0]["versions"]
     if args.json:
@@ -292,6 +339,16 @@ def main() -> None:
     print(f"| GFLOP per step (counted) | {g['opensr-srgan'] or 0:.1f} | {g['srgan'] or 0:.1f} | |")
     print(f"| training peak RSS MB | {m['opensr-srgan']:.0f} | {m['srgan']:.0f} | |")
     print(f"| inference output Mpx/s | {i['opensr-srgan']:.3f} | {i['srgan']:.3f} | {summary['infer_speedup']:.2f}x |")
+    if args.scene:
+        c = summary["scene_output_mpx_per_s"]
+        print(
+            f"| {args.scene}x{args.scene} LR scene, output Mpx/s (srgan: srgan-infer, GeoTIFF in and out; reference: "
+            f"its generator over the same {scene['tiles']} tiles in memory) | {c['opensr-srgan']:.3f} "
+            f"| {c['srgan']:.3f} | {summary['scene_speedup']:.2f}x |"
+        )
+    print("\nspread over rounds (min - max):")
+    for key, (lo, hi) in summary["spread"].items():
+        print(f"  {key}: {lo:.3f} - {hi:.3f}")
 
 
 if __name__ == "__main__":
