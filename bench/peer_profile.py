@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 BANDS, SCALE, TILE, TILE_BATCH = 4, 4, 64, 4
 DESC = re.compile(r"mb(\d+)_ic(\d+)oc(\d+)_ih(\d+)oh(\d+)kh(\d+)sh\d+dh\d+ph\d+_iw(\d+)ow(\d+)kw(\d+)")
-LAYOUTS = {"abcd": "NCHW", "acdb": "NHWC"}
+LAYOUTS = {"abcd": "NCHW", "acdb": "NHWC", "aBcd8b": "NCHW8c (blocked)"}
 
 
 # --------------------------------------------------------------------------- inside one side's process
@@ -116,7 +116,7 @@ def _parse(stdout: str) -> dict[str, Any]:
                 continue
             mb, ic, oc, ih, oh, kh, iw, ow, kw = map(int, match.groups())
             key = f"{ic}->{oc} {kh}x{kw} at {oh}x{ow}"
-            src = re.search(r"src:f32::blocked:(\w+)", line)
+            src = re.search(r"src:f32:\w*:blocked:(\w+)", line)
             layer = current["layers"].setdefault(
                 key,
                 {
