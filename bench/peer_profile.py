@@ -16,7 +16,10 @@ Per layer (convolutions grouped by shape), per side: calls, oneDNN implementatio
 milliseconds per forward pass (median over the timed passes of every round), GFLOP and the GFLOP/s
 achieved; then the layout reorders, the other ops and the whole forward. The ``best`` column is the
 faster side's time for that layer: the sum of the ``best`` column is what a forward pass made of
-each side's faster kernels would cost, the bound this comparison can show.
+each side's faster kernels would cost, the bound this comparison can show. The last column is the
+roofline: each convolution shape timed alone (in a separate process, no verbose logging), in NCHW
+and in NHWC, the faster of the two, times its calls per forward pass: what this machine's kernels
+do for that layer with nothing around it.
 """
 
 from __future__ import annotations
@@ -86,6 +89,35 @@ def worker(side: str, warmup: int, repeats: int) -> None:
     print("OPS " + json.dumps(ops), flush=True)
 
 
+def roofline(shapes: dict[str, list[int]], warmup: int, repeats: int) -> None:
+    """Each convolution shape alone, in NCHW and in NHWC (oneDNN's pick for each), timed without the
+    network around it: the fastest this machine runs that layer with the kernels torch has. Prints
+    one JSON line, per layer: both layouts' median ms per call and the best GFLOP/s."""
+    import torch
+    import torch.nn.functional as F
+
+    out = {}
+    with torch.inference_mode():
+        for key, (mb, ic, oc, ih, iw, kh, kw, oh, ow) in shapes.items():
+            weight, bias = torch.randn(oc, ic, kh, kw), torch.randn(oc)
+            row: dict[str, float] = {}
+            for name, fmt in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last)):
+                x = torch.randn(mb, ic, ih, iw).contiguous(memory_format=fmt)
+                w = weight.contiguous(memory_format=fmt)
+                for _ in range(warmup):
+                    F.conv2d(x, w, bias, padding=(kh // 2, kw // 2))
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    F.conv2d(x, w, bias, padding=(kh // 2, kw // 2))
+                    times.append(time.perf_counter() - start)
+                row[f"{name}_ms"] = statistics.median(times) * 1000
+            row["best_ms"] = min(row["nchw_ms"], row["nhwc_ms"])
+            row["best_gflops_per_s"] = 2 * mb * oc * oh * ow * ic * kh * kw / 1e9 / (row["best_ms"] / 1000)
+            out[key] = row
+    print("ROOFLINE " + json.dumps(out), flush=True)
+
+
 # --------------------------------------------------------------------------- parsing and the driver
 
 
@@ -125,6 +157,7 @@ def _parse(stdout: str) -> dict[str, Any]:
                     "impl": impl,
                     "layout": LAYOUTS.get(src.group(1), src.group(1)) if src else "?",
                     "gflop": 0.0,
+                    "shape": [mb, ic, oc, ih, iw, kh, kw, oh, ow],
                 },
             )
             layer["ms"] += ms
@@ -150,7 +183,7 @@ def _summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for key in passes[0]["layers"]:
         first = passes[0]["layers"][key]
         ms = statistics.median(p["layers"][key]["ms"] for p in passes if key in p["layers"])
-        row = {k: first[k] for k in ("calls", "impl", "layout", "gflop") if k in first}
+        row = {k: first[k] for k in ("calls", "impl", "layout", "gflop", "shape") if k in first}
         row["ms"] = ms
         if first.get("gflop"):
             row["gflops_per_s"] = first["gflop"] / (ms / 1000)
@@ -170,10 +203,11 @@ def _table(result: dict[str, Any]) -> str:
     keys = list(dict.fromkeys([*a["layers"], *b["layers"]]))
     lines = [
         "| layer (conv in->out kernel at output size) | calls | opensr-srgan: oneDNN impl, layout | ms | GFLOP/s "
-        "| srgan: oneDNN impl, layout | ms | GFLOP/s | best ms |",
-        "|---|---:|---|---:|---:|---|---:|---:|---:|",
+        "| srgan: oneDNN impl, layout | ms | GFLOP/s | best ms | alone, faster layout: ms (GFLOP/s) |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
     ]
-    best_total = 0.0
+    best_total, alone_total = 0.0, 0.0
+    alone = result.get("roofline", {})
     for key in keys:
         ra, rb = a["layers"].get(key, {}), b["layers"].get(key, {})
         times = [r["ms"] for r in (ra, rb) if r]
@@ -184,18 +218,24 @@ def _table(result: dict[str, Any]) -> str:
                 return "-| -| -"
             return f"{r['impl']}, {r.get('layout', '')} | {r['ms']:.1f} | {r.get('gflops_per_s', 0):.0f}"
 
-        lines.append(f"| {key} | {(ra or rb)['calls']} | {cells(ra)} | {cells(rb)} | {min(times):.1f} |")
+        calls = (ra or rb)["calls"]
+        solo = alone.get(key)
+        solo_cell = f"{solo['best_ms'] * calls:.1f} ({solo['best_gflops_per_s']:.0f})" if solo else "-"
+        alone_total += solo["best_ms"] * calls if solo else 0.0
+        lines.append(f"| {key} | {calls} | {cells(ra)} | {cells(rb)} | {min(times):.1f} | {solo_cell} |")
     conv_a = sum(r["ms"] for r in a["layers"].values())
     conv_b = sum(r["ms"] for r in b["layers"].values())
-    lines.append(f"| all oneDNN convolutions | | | {conv_a:.1f} | | | {conv_b:.1f} | | {best_total:.1f} |")
-    lines.append(f"| oneDNN reorders (layout copies) | | | {a['reorder_ms']:.1f} | | | {b['reorder_ms']:.1f} | | |")
-    lines.append(f"| whole forward (wall) | | | {a['forward_ms']:.1f} | | | {b['forward_ms']:.1f} | | |")
+    totals = f"{conv_a:.1f} | | | {conv_b:.1f} | | {best_total:.1f} | {alone_total:.1f} |"
+    lines.append(f"| all oneDNN convolutions | | | {totals}")
+    lines.append(f"| oneDNN reorders (layout copies) | | | {a['reorder_ms']:.1f} | | | {b['reorder_ms']:.1f} | | | |")
+    lines.append(f"| whole forward (wall) | | | {a['forward_ms']:.1f} | | | {b['forward_ms']:.1f} | | | |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--roofline", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -204,6 +244,9 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.warmup, args.repeats)
         return
+    if args.roofline:
+        roofline(json.loads(args.roofline), args.warmup, args.repeats)
+        return
     if not PEER_PYTHON.exists():
         raise SystemExit(f"{PEER_PYTHON} is missing: run `make bench-peer` once (it creates .venv-peer)")
     rounds: dict[str, list[dict[str, Any]]] = {"opensr-srgan": [], "srgan": []}
@@ -211,7 +254,11 @@ def main() -> None:
         for side in rounds if r % 2 == 0 else reversed(list(rounds)):
             rounds[side].append(_run_side(side, args.warmup, args.repeats))
             print(f"round {r}: {side} forward {rounds[side][-1]['passes'][-1]['forward_ms']:.0f} ms", flush=True)
-    result = {side: _summarise(rs) for side, rs in rounds.items()}
+    result: dict[str, Any] = {side: _summarise(rs) for side, rs in rounds.items()}
+    shapes = {k: v["shape"] for k, v in result["srgan"]["layers"].items() if "shape" in v}
+    cmd = [sys.executable, __file__, "--roofline", json.dumps(shapes), "--warmup", "2", "--repeats", str(args.repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    result["roofline"] = json.loads(next(line for line in out.splitlines() if line.startswith("ROOFLINE "))[9:])
     result["protocol"] = {"bands": BANDS, "scale": SCALE, "tile": TILE, "batch": TILE_BATCH, "rounds": args.rounds}
     print("\n" + _table(result))
     ratio = result["opensr-srgan"]["forward_ms"] / result["srgan"]["forward_ms"]
