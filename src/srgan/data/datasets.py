@@ -14,6 +14,7 @@ input cannot be used, and produce items ``{"lr", "hr"}`` of normalised float32 t
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -403,6 +404,17 @@ class StreamedRegions(Sequence):
             yield self[index]
 
 
+def _crop_tile(region: Any, r: int, c: int, h: int, w: int, s: int) -> dict[str, torch.Tensor]:
+    """The tile at LR ``(r, c)``, ``h x w`` LR pixels, of anything with ``lr``, ``hr``, ``hr_valid``."""
+    hr_valid = region.hr_valid if region.hr_valid is not None else torch.ones(region.hr.shape[-2:], dtype=torch.bool)
+    return {
+        "lr": region.lr[:, r : r + h, c : c + w].contiguous(),
+        "hr": region.hr[:, r * s : (r + h) * s, c * s : (c + w) * s].contiguous(),
+        # Which HR pixels hold data (the validation grid leaves nodata out of its stretch).
+        "hr_valid": hr_valid[r * s : (r + h) * s, c * s : (c + w) * s].bool().contiguous(),
+    }
+
+
 def _tile_origins(rows: int, cols: int, tile_rows: int, tile_cols: int) -> list[tuple[int, int]]:
     """Non-overlapping tile origins over ``rows x cols``, the last row and column shifted inwards."""
 
@@ -428,7 +440,7 @@ class StreamedTiles(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         i, r, c, h, w = self.index[index]
-        return Tiles.crop(self.regions[i], r, c, h, w, self.scale)
+        return _crop_tile(self.regions[i], r, c, h, w, self.scale)
 
 
 class _HeldOutAreas:
@@ -481,15 +493,13 @@ def expand_paths(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
             if not found:
                 raise RasterError(f"dataset.path: folder {text} holds no .tif / .tiff file")
         elif any(ch in text for ch in "*?["):
-            import glob
-
             found = sorted(p for p in glob.glob(text, recursive=True) if Path(p).is_file())
             if not found:
                 raise RasterError(f"dataset.path: pattern {text!r} matches no file")
         else:
             found = [text]  # a missing file is named by the reader
-        files += [f for f in found if f not in files]
-    return files
+        files += found
+    return list(dict.fromkeys(files))  # each file once, in first-named order
 
 
 class RasterSRData(_HeldOutAreas):
@@ -772,20 +782,7 @@ class Tiles(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         r, c = self.origins[index]
-        return self.crop(self, r, c, self.tile_rows, self.tile_cols, self.scale)
-
-    @staticmethod
-    def crop(region: Any, r: int, c: int, h: int, w: int, s: int) -> dict[str, torch.Tensor]:
-        """The tile at LR ``(r, c)``, ``h x w`` LR pixels, of anything with ``lr``, ``hr``, ``hr_valid``."""
-        hr_valid = (
-            region.hr_valid if region.hr_valid is not None else torch.ones(region.hr.shape[-2:], dtype=torch.bool)
-        )
-        return {
-            "lr": region.lr[:, r : r + h, c : c + w].contiguous(),
-            "hr": region.hr[:, r * s : (r + h) * s, c * s : (c + w) * s].contiguous(),
-            # Which HR pixels hold data (the validation grid leaves nodata out of its stretch).
-            "hr_valid": hr_valid[r * s : (r + h) * s, c * s : (c + w) * s].bool().contiguous(),
-        }
+        return _crop_tile(self, r, c, self.tile_rows, self.tile_cols, self.scale)
 
 
 class SyntheticSRData(RasterSRData):
