@@ -131,6 +131,14 @@ def test_onnx_export_equals_torch_within_1e_4_on_three_tile_sizes(registered, tm
     assert [c["lr_size"][0] for c in report["checks"]] == [16, 40, 64]
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     model = load_model(run_dir)
+    # The graph is the architecture as written: its last conv is the tail itself, not the CPU
+    # inference fold through the pixel shuffle (srgan.models.generators.SRGenerator._folded_tail).
+    import onnx
+
+    graph = onnx.load(str(target)).graph
+    shapes = {init.name: tuple(init.dims) for init in graph.initializer}
+    last_conv = [node for node in graph.node if node.op_type == "Conv"][-1]
+    assert shapes.get(last_conv.input[1]) == tuple(model.generator.tail.weight.shape)
     scale = model.normalization.scale  # DN per reflectance unit: compare in the model's units
     for size, (h, w) in enumerate([(16, 16), (40, 33), (64, 71)]):
         x = _lr(h=h, w=w, n=1 + size, seed=10 + size)

@@ -18,7 +18,7 @@ from srgan.models import (
     StochasticGenerator,
     UNetDiscriminator,
 )
-from srgan.models.blocks import PixelShuffleUpsampler, upsample_image
+from srgan.models.blocks import PixelShuffleUpsampler, fold_conv_through_pixel_shuffle, upsample_image
 from tests.conftest import compose_config
 
 GENERATOR_OPTIONS = sorted(p.stem for p in (CONF_DIR / "generator").glob("*.yaml"))
@@ -335,3 +335,40 @@ def test_band_conv_split_backward_is_twice_differentiable():
 
         assert torch.autograd.gradcheck(fn, (x, w, b))
         assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+@pytest.mark.parametrize("kernel", [(3, 3), (9, 9), (5, 7), (1, 1)])
+def test_conv_folded_through_pixel_shuffle_is_the_same_conv(factor, kernel):
+    torch.manual_seed(0)
+    z = torch.randn(2, 6 * factor * factor, 7, 9)
+    weight, bias = torch.randn(3, 6, *kernel), torch.randn(3)
+    padding = (kernel[0] // 2, kernel[1] // 2)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pixel_shuffle(z, factor), weight, bias, 1, padding)
+    folded, folded_bias, folded_padding = fold_conv_through_pixel_shuffle(weight, bias, factor)
+    reach = [-(-p // factor) for p in padding]
+    assert folded.shape == (3 * factor**2, 6 * factor**2, 2 * reach[0] + 1, 2 * reach[1] + 1)
+    conv = torch.nn.functional.conv2d(z, folded, folded_bias, 1, folded_padding)
+    got = torch.nn.functional.pixel_shuffle(conv, factor)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
+@pytest.mark.parametrize("tail_kernel", [3, 9])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_with_the_folded_tail_equals_the_layers_as_written(scale, tail_kernel, channels_last):
+    torch.manual_seed(scale)
+    g = SRResNetGenerator(4, 4, scale, n_channels=8, n_blocks=1, tail_kernel=tail_kernel).eval()
+    torch.nn.init.normal_(g.tail.weight, std=0.05)
+    torch.nn.init.normal_(g.tail.bias, std=0.05)
+    x = torch.rand(2, 4, 11, 14)
+    if channels_last:
+        g.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.enable_grad():  # autograd on: the layers as written (training's path)
+        assert not g._fold_tail(x)
+        written = g(x).detach()
+    with torch.inference_mode():
+        assert g._fold_tail(x) == (scale != 3)  # x3 is one x3 stage: folding it costs more than it saves
+        folded = g(x)
+    torch.testing.assert_close(folded, written, rtol=1e-5, atol=1e-5)

@@ -134,6 +134,12 @@ def test_two_optuna_workers_share_one_study_without_losing_or_repeating_a_trial(
 
 
 def test_two_node_ddp_run_on_loopback_makes_one_folder_and_one_mlflow_run(tmp_path):
+    """Two ``accelerate launch`` processes (gloo DDP, one per "node") form one run.
+
+    It also carries what every DDP run must agree on (it was test_cli's one-node DDP test: the same
+    process group and code path): penalties that differentiate D's DDP forward twice, accumulation
+    cycles, clipping and D's holdback, and per-rank RNG state in the checkpoint.
+    """
     launcher = Path(sys.executable).with_name("accelerate")
     port = _free_port()
     procs = []
@@ -142,6 +148,8 @@ def test_two_node_ddp_run_on_loopback_makes_one_folder_and_one_mlflow_run(tmp_pa
         cmd += ["--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
         cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "srgan.train", *TINY]
         cmd += ["trainer.max_steps=4", *_tracking(tmp_path), f"hydra.run.dir={tmp_path}/runs/two-nodes"]
+        cmd += ["loss.adversarial.gan_type=wgan_gp", "loss.adversarial.r1_weight=1.0"]
+        cmd += ["trainer.grad_accumulation=2", "trainer.grad_clip=1.0", "schedule.discriminator.holdback=0.9"]
         # Each "node" in its own working folder, as on two machines sharing only the run folder.
         node = tmp_path / f"node{rank}"
         node.mkdir()
@@ -155,5 +163,11 @@ def test_two_node_ddp_run_on_loopback_makes_one_folder_and_one_mlflow_run(tmp_pa
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     (only,) = client.search_runs(client.get_experiment_by_name("demo").experiment_id)
     assert only.info.status == "FINISHED" and only.data.tags["processes"] == "2"
+    assert {"train/d_gp", "train/d_r1"} <= set(only.data.metrics)
+    # Both ranks ended with bit-identical G, D and EMA weights (checked by the run, recorded here).
     ranks = json.loads((tmp_path / "runs" / "two-nodes" / "ranks.json").read_text())
     assert ranks["processes"] == 2 and len(set(ranks["weights_sha256"])) == 1
+    assert only.data.tags["weights_identical_across_ranks"].startswith("2 processes")
+    checkpoint = tmp_path / "runs" / "two-nodes" / "checkpoints" / "step-00000004"
+    assert {"rng_rank0.safetensors", "rng_rank1.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    assert not list(checkpoint.glob("*.pkl")) and not list(checkpoint.glob("*.bin"))  # nothing pickled

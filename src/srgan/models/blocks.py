@@ -155,7 +155,8 @@ class RCAB(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.res_scale * self.body(x)
+        # One pass (x + res_scale * body) instead of a multiply and an add over the features.
+        return torch.add(x, self.body(x), alpha=self.res_scale)
 
 
 class DenseBlock(nn.Module):
@@ -180,7 +181,7 @@ class DenseBlock(nn.Module):
         features = [x]
         for conv in self.convs:
             features.append(F.leaky_relu(conv(torch.cat(features, 1)), 0.2))
-        return x + self.res_scale * self.fuse(torch.cat(features, 1))
+        return torch.add(x, self.fuse(torch.cat(features, 1)), alpha=self.res_scale)
 
 
 class RRDB(nn.Module):
@@ -192,7 +193,7 @@ class RRDB(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.res_scale * self.blocks(x)
+        return torch.add(x, self.blocks(x), alpha=self.res_scale)
 
 
 class LargeKernelAttention(nn.Module):
@@ -286,7 +287,7 @@ class StochasticBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.leaky_relu(self.noise1(self.conv1(x)), 0.2)
-        return x + self.res_scale * self.noise2(self.conv2(y))
+        return torch.add(x, self.noise2(self.conv2(y)), alpha=self.res_scale)
 
 
 def icnr_(weight: torch.Tensor, factor: int) -> None:
@@ -319,6 +320,46 @@ class PixelShuffleUpsampler(nn.Sequential):
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.PixelShuffle(f), nn.LeakyReLU(0.2, inplace=True)]
         super().__init__(*layers)
+
+
+def fold_conv_through_pixel_shuffle(
+    weight: torch.Tensor, bias: torch.Tensor | None, factor: int
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+    """Rewrite ``conv(pixel_shuffle(z, factor))`` as ``pixel_shuffle(conv'(z), factor)``.
+
+    ``weight`` is a stride-1, zero-padded ``k x k`` conv (padding ``k // 2``) applied at the
+    shuffled resolution. Output pixel ``(f i + a, f j + b)`` reads shuffled pixels
+    ``f (i + u) + a'`` for ``u`` in ``[-ceil(p / f), ceil(p / f)]`` (``p = k // 2``), so the same sum
+    is a conv on the unshuffled ``z`` with ``C f^2`` inputs, ``O f^2`` outputs and a
+    ``2 ceil(p / f) + 1`` kernel: entry ``[o f^2 + a f + b, c f^2 + a' f + b', u, v]`` is
+    ``weight[o, c, f u + a' - a + p, f v + b' - b + p]``, zero where that tap lies outside the
+    kernel. Zero padding by ``ceil(p / f)`` on the coarse grid pads exactly the shuffled pixels
+    that zero padding by ``p`` reaches, so the result is the same (to float rounding).
+
+    Returns the folded weight, the folded bias (each bias repeated ``f^2`` times) and the padding.
+    Built with indexing only (no in-place writes), so autograd and tracing see through it.
+    """
+    o, c, kh, kw = weight.shape
+    f = factor
+    taps = []
+    for k in (kh, kw):
+        p = k // 2
+        reach = -(-p // f)  # ceil(p / f)
+        size = 2 * reach + 1
+        # Extra zeros so that every (out phase, in phase, offset) tap indexes inside the padded kernel.
+        extra = max(0, f * reach + f - 1 - p)
+        out_phase = torch.arange(f).view(f, 1, 1)
+        in_phase = torch.arange(f).view(1, f, 1)
+        offset = torch.arange(-reach, reach + 1).view(1, 1, size)
+        taps.append((f * offset + in_phase - out_phase + p + extra, reach, size, extra))
+    (rows, reach_h, size_h, extra_h), (cols, reach_w, size_w, extra_w) = taps
+    padded = F.pad(weight, (extra_w, extra_w, extra_h, extra_h))
+    rows = rows.to(weight.device).view(f, 1, f, 1, size_h, 1)  # (a, ., a', ., u, .)
+    cols = cols.to(weight.device).view(1, f, 1, f, 1, size_w)  # (., b, ., b', ., v)
+    folded = padded[:, :, rows, cols]  # (o, c, a, b, a', b', u, v)
+    folded = folded.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(o * f * f, c * f * f, size_h, size_w)
+    folded_bias = bias.repeat_interleave(f * f) if bias is not None else None
+    return folded, folded_bias, (reach_h, reach_w)
 
 
 class NearestConvUpsampler(nn.Module):

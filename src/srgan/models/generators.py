@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from srgan.models.blocks import (
     NOISE_MODES,
@@ -21,10 +22,12 @@ from srgan.models.blocks import (
     BandConv2d,
     LKABlock,
     NoiseInjection,
+    PixelShuffleUpsampler,
     ResidualBlock,
     StochasticBlock,
     check_channels,
     check_scale,
+    fold_conv_through_pixel_shuffle,
     upsample_image,
 )
 
@@ -83,15 +86,57 @@ class SRGenerator(nn.Module):
         if global_residual is not None:
             nn.init.zeros_(self.tail.weight)
             nn.init.zeros_(self.tail.bias)
+        # Inference on the CPU folds the tail through the last x2 pixel shuffle (see _folded_tail).
+        self._foldable_tail = (
+            isinstance(self.upsample, PixelShuffleUpsampler)
+            and self.upsample[-2].upscale_factor == 2
+            and self.tail.padding == (self.tail.kernel_size[0] // 2, self.tail.kernel_size[1] // 2)
+        )
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         features = self.head(lr)
         features = features + self.body(features)
-        detail = self.tail(self.upsample(features))
+        if self._fold_tail(features):
+            detail = self._folded_tail(features)
+        else:
+            detail = self.tail(self.upsample(features))
         if self.global_residual is None:
             return detail
         base = upsample_image(lr, self.scale, self._base_mode)
         return base + base * detail if self._relative else base + detail
+
+    def _fold_tail(self, features: torch.Tensor) -> bool:
+        """Whether this call takes the folded tail: CPU inference, not while tracing for export.
+
+        Training (autograd on) keeps the layers as written, and so does an export (ONNX, torch.export,
+        TorchScript) so the exported graph is the architecture; its runtime may not be a CPU.
+        """
+        return (
+            self._foldable_tail
+            and features.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_exporting()
+            and not torch.onnx.is_in_onnx_export()
+        )
+
+    def _folded_tail(self, features: torch.Tensor) -> torch.Tensor:
+        """``tail(leaky(pixel_shuffle(z, 2)))`` computed as ``pixel_shuffle(tail'(leaky(z)), 2)``.
+
+        The tail maps many features to a few bands at the full resolution: on the CPU oneDNN runs
+        such a conv far below its speed (64 -> 4 9x9: about 50 GFLOP/s against about 110 for the
+        3x3 body), and the pixel shuffle of 4 x 64 channels before it is a large layout copy in
+        channels-last. Folded (:func:`fold_conv_through_pixel_shuffle`), the tail is a conv with 4x
+        the inputs and outputs on the half-resolution grid, and only the few output bands are
+        shuffled. Same result to float rounding; ``bench/tail_fold.py`` measures it.
+        """
+        layers = list(self.upsample)
+        z = features
+        for layer in layers[:-2]:  # every stage but the last shuffle and its activation
+            z = layer(z)
+        z = layers[-1](z)  # the activation is elementwise, so it commutes with the shuffle
+        weight, bias, padding = fold_conv_through_pixel_shuffle(self.tail.weight, self.tail.bias, 2)
+        return F.pixel_shuffle(F.conv2d(z, weight, bias, 1, padding), 2)
 
 
 def _blocks(n_blocks: int, make) -> list[nn.Module]:
