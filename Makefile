@@ -70,11 +70,15 @@ $(PEER)/.installed:
 	$(PEER)/bin/python -m pip install --quiet --no-deps opensr-srgan==0.4.3
 	touch $@
 
+# The suite runs its test files on up to 4 processes at once (pytest-xdist; each file stays in one
+# process, and tests/conftest.py splits the cores' threads between them). TEST_JOBS=0: one process.
+TEST_JOBS ?= auto
+PYTEST := $(PY) -m pytest -n $(TEST_JOBS) --maxprocesses 4 --dist loadfile
 test: install weights
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-fast: install weights
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench experiments notebooks

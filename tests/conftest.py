@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import threading
 import time
@@ -18,6 +19,13 @@ from omegaconf import DictConfig
 from rasterio.crs import CRS
 
 from srgan.config import CONF_DIR
+
+# Under pytest-xdist (`make test`) the workers share the cores: each gets its share of threads, for
+# torch in the worker and, through OMP_NUM_THREADS, for the commands its tests start. Two workers of
+# two threads each on two cores only take turns. (Set here, before a test imports torch.)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 # Widths and step counts small enough for a CPU test, large enough to exercise every phase:
 # pretraining (steps 0-1), the adversarial ramp (2-3), full weight after.
