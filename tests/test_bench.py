@@ -129,3 +129,14 @@ def test_roofline_script_times_every_pass_of_every_call(tmp_path):
         for p in passes:  # the best of each pass is one of its timed implementations, at its time
             assert row["ms"][p][row["best"][p]["impl"]] == row["best"][p]["ms"]
         assert row["best_ms"] == pytest.approx(sum(b["ms"] for b in row["best"].values()))
+
+
+def test_tail_fold_bench_compares_the_same_outputs_both_ways():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import tail_fold
+
+    g = tail_fold.bench_generator(dict(n_channels=8, n_blocks=1, tail_kernel=9), (1, 4, 12, 12), rounds=2, repeats=1)
+    assert g["folded"]["median_ms"] > 0 and g["as_written"]["median_ms"] > 0
+    assert g["max_abs_diff"] < 1e-4 * max(1.0, g["output_max"])  # the two ways are one function
+    t = tail_fold.bench_tail(9, 2, (1, 8, 6, 6), rounds=1, repeats=1)
+    assert t["gflop_folded"] > t["gflop_as_written"] > 0 and t["max_abs_diff"] < 1e-4
