@@ -524,3 +524,41 @@ def test_validation_tiles_cover_the_region_exactly(rows, cols, tile):
         torch.testing.assert_close(item["lr"], Resample(4)(item["hr"]))
         covered[r * 4 : r * 4 + item["hr"].shape[-2], c * 4 : c * 4 + item["hr"].shape[-1]] = True
     assert covered.all()
+
+
+def test_two_processes_caching_the_same_statistics_at_once_both_succeed(tmp_path, monkeypatch):
+    """Parallel sweep jobs (make sweep JOBS=2) on one raster compute and cache the same statistics:
+    each must write its own temporary file, or one moves the other's away before it is renamed."""
+    import threading
+
+    import srgan.data.datasets as datasets
+
+    monkeypatch.setenv("SRGAN_CACHE_DIR", str(tmp_path / "cache"))
+    real_replace = datasets.os.replace
+    both_written = threading.Barrier(2, timeout=30)
+
+    def replace_after_the_other_wrote(src, dst):
+        both_written.wait()  # both writers have written their temporary file: now rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(datasets.os, "replace", replace_after_the_other_wrote)
+    cfg = compose_config("train", ["dataset/normalization=zscore"])
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(instantiate(cfg.dataset, _convert_="all").normalization)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    (cached,) = (tmp_path / "cache").glob("stats-*.json")
+    assert not [p for p in (tmp_path / "cache").iterdir() if p != cached]  # no temporary file left
+    stats = json.loads(cached.read_text())
+    assert len(stats["mean"]) == 4
+    assert results[0].center == results[1].center == stats["mean"]

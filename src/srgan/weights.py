@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -127,9 +128,15 @@ def install(source: Path | None = None) -> dict[str, str]:
         state = convert(network, read_flax_checkpoint(source / filename))
         getattr(torchvision.models, network)(weights=None).load_state_dict(state, strict=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, target)
+        # This writer's own temporary file: two installs at once (make demo beside make test) both succeed.
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=target.parent, prefix=f".{target.name}.")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         report[network] = f"converted from {source / filename} -> {target}"
     return report
 

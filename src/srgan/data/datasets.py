@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -328,9 +329,15 @@ def _statistics(
         stats[f"p{p:g}"] = np.percentile(pooled, p, axis=1).tolist()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats))
-        os.replace(tmp, cache)
+        # A temporary file of this writer's own: parallel jobs on the same data write the same cache.
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=cache.parent, prefix=f".{cache.name}.")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(stats))
+            os.replace(tmp, cache)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return stats
 
 
