@@ -51,16 +51,16 @@ def bench_generator(kwargs: dict[str, Any], shape: tuple[int, ...], rounds: int,
     x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
     times: dict[str, list[float]] = {"as_written": [], "folded": []}
     with torch.inference_mode():
-        g._foldable_tail = False
+        g.fold_tail = False
         written = g(x)
-        g._foldable_tail = True
+        g.fold_tail = True
         folded = g(x)
         for r in range(rounds):
             order = ("folded", "as_written") if r % 2 == 0 else ("as_written", "folded")
             for way in order:
-                g._foldable_tail = way == "folded"
+                g.fold_tail = way == "folded"
                 times[way] += [min(_timed(lambda: g(x), warmup=1, repeats=repeats))]
-    g._foldable_tail = True
+    g.fold_tail = True
     out = {way: _spread(t) for way, t in times.items()}
     out["speedup"] = out["as_written"]["median_ms"] / out["folded"]["median_ms"]
     out["max_abs_diff"] = float((folded - written).abs().max())

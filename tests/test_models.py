@@ -372,3 +372,31 @@ def test_inference_with_the_folded_tail_equals_the_layers_as_written(scale, tail
         assert g._fold_tail(x) == (scale != 3)  # x3 is one x3 stage: folding it costs more than it saves
         folded = g(x)
     torch.testing.assert_close(folded, written, rtol=1e-5, atol=1e-5)
+
+
+def test_a_replaced_or_hooked_tail_is_not_folded():
+    torch.manual_seed(0)
+    g = SRResNetGenerator(4, 4, 2, n_channels=8, n_blocks=1, global_residual=None).eval()
+    x = torch.rand(1, 4, 6, 6)
+    with torch.inference_mode():
+        assert g._fold_tail(x)
+    replacements = {
+        "reflect padding": torch.nn.Conv2d(8, 4, 3, padding=1, padding_mode="reflect"),
+        "no padding": torch.nn.Conv2d(8, 4, 3, padding=0),
+        "dilated": torch.nn.Conv2d(8, 4, 3, padding=2, dilation=2),
+        "not a conv": torch.nn.Sequential(torch.nn.Conv2d(8, 4, 3, padding=1)),
+    }
+    for name, tail in replacements.items():
+        g.tail = tail
+        with torch.inference_mode():
+            assert not g._fold_tail(x), name
+            out = g(x)
+        with torch.enable_grad():
+            torch.testing.assert_close(out, g(x).detach(), msg=name)
+    g.tail = torch.nn.Conv2d(8, 4, 3, padding=1)
+    calls = []
+    g.tail.register_forward_hook(lambda *_: calls.append(1))
+    with torch.inference_mode():
+        assert not g._fold_tail(x)
+        g(x)
+    assert calls == [1]  # the hook ran: the tail was called as a module

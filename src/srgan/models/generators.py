@@ -86,12 +86,9 @@ class SRGenerator(nn.Module):
         if global_residual is not None:
             nn.init.zeros_(self.tail.weight)
             nn.init.zeros_(self.tail.bias)
-        # Inference on the CPU folds the tail through the last x2 pixel shuffle (see _folded_tail).
-        self._foldable_tail = (
-            isinstance(self.upsample, PixelShuffleUpsampler)
-            and self.upsample[-2].upscale_factor == 2
-            and self.tail.padding == (self.tail.kernel_size[0] // 2, self.tail.kernel_size[1] // 2)
-        )
+        # Inference on the CPU folds the tail through the last x2 pixel shuffle (see _folded_tail);
+        # False runs the layers as written everywhere.
+        self.fold_tail = True
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         features = self.head(lr)
@@ -111,13 +108,32 @@ class SRGenerator(nn.Module):
         Training (autograd on) keeps the layers as written, and so does an export (ONNX, torch.export,
         TorchScript) so the exported graph is the architecture; its runtime may not be a CPU.
         """
-        return (
-            self._foldable_tail
+        if not (
+            self.fold_tail
             and features.device.type == "cpu"
             and not torch.is_grad_enabled()
             and not torch.jit.is_tracing()
             and not torch.compiler.is_exporting()
             and not torch.onnx.is_in_onnx_export()
+        ):
+            return False
+        # Checked on every call (attribute reads only), not once at construction: the modules may
+        # have been replaced since, or hooked (a hook, or old-style weight_norm's pre-hook, would
+        # not run on the folded path).
+        tail, upsample = self.tail, self.upsample
+        if type(tail) not in (nn.Conv2d, BandConv2d) or type(upsample) is not PixelShuffleUpsampler:
+            return False
+        shuffle, activation = upsample[-2], upsample[-1]
+        return (
+            isinstance(shuffle, nn.PixelShuffle)
+            and isinstance(activation, nn.LeakyReLU)  # elementwise: it commutes with the shuffle
+            and shuffle.upscale_factor == 2
+            and tail.stride == (1, 1)
+            and tail.dilation == (1, 1)
+            and tail.groups == 1
+            and tail.padding_mode == "zeros"
+            and tail.padding == (tail.kernel_size[0] // 2, tail.kernel_size[1] // 2)
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in (tail, shuffle))
         )
 
     def _folded_tail(self, features: torch.Tensor) -> torch.Tensor:
