@@ -400,3 +400,13 @@ def test_a_replaced_or_hooked_tail_is_not_folded():
         assert not g._fold_tail(x)
         g(x)
     assert calls == [1]  # the hook ran: the tail was called as a module
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_torch_export_keeps_the_tail_as_written(strict):
+    g = SRResNetGenerator(4, 4, 4, n_channels=8, n_blocks=1).eval()
+    with torch.no_grad():  # inference: eager calls would fold here, a traced graph must not
+        program = torch.export.export(g, (torch.rand(1, 4, 8, 8),), strict=strict)
+    convs = [n for n in program.graph.nodes if "conv2d" in str(n.target) or "convolution" in str(n.target)]
+    tail_input = program.graph_signature.inputs_to_parameters
+    assert tail_input[str(convs[-1].args[1])] == "tail.weight"

@@ -103,17 +103,19 @@ class SRGenerator(nn.Module):
         return base + base * detail if self._relative else base + detail
 
     def _fold_tail(self, features: torch.Tensor) -> bool:
-        """Whether this call takes the folded tail: CPU inference, not while tracing for export.
+        """Whether this call takes the folded tail: eager CPU inference.
 
-        Training (autograd on) keeps the layers as written, and so does an export (ONNX, torch.export,
-        TorchScript) so the exported graph is the architecture; its runtime may not be a CPU.
+        Training (autograd on) keeps the layers as written, and so does a traced graph (ONNX,
+        torch.export, TorchScript, torch.compile: ``is_compiling`` is also true under torch.export,
+        strict or not, and exists in every torch srgan supports), so an exported graph is the
+        architecture; its runtime may not be a CPU.
         """
         if not (
             self.fold_tail
             and features.device.type == "cpu"
             and not torch.is_grad_enabled()
             and not torch.jit.is_tracing()
-            and not torch.compiler.is_exporting()
+            and not torch.compiler.is_compiling()
             and not torch.onnx.is_in_onnx_export()
         ):
             return False
