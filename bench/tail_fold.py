@@ -40,8 +40,20 @@ GENERATORS = {
 }
 
 
-def _spread(times: list[float]) -> dict[str, float]:
-    return {"median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3, "max_ms": max(times) * 1e3}
+def _interleaved(ways: dict[str, Any], rounds: int, repeats: int) -> dict[str, Any]:
+    """Time each way (a callable) once per round, which goes first alternating; the fastest of
+    ``repeats`` calls counts for a round. Median and min - max over rounds, and the speed-up."""
+    names = list(ways)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(min(_timed(ways[name], warmup=1, repeats=repeats)))
+    out: dict[str, Any] = {
+        name: {"median_ms": statistics.median(t) * 1e3, "min_ms": min(t) * 1e3, "max_ms": max(t) * 1e3}
+        for name, t in times.items()
+    }
+    out["speedup"] = out["as_written"]["median_ms"] / out["folded"]["median_ms"]
+    return out
 
 
 def bench_generator(kwargs: dict[str, Any], shape: tuple[int, ...], rounds: int, repeats: int) -> dict[str, Any]:
@@ -49,20 +61,15 @@ def bench_generator(kwargs: dict[str, Any], shape: tuple[int, ...], rounds: int,
     g = RCABGenerator(shape[1], shape[1], 4, **kwargs).eval().to(memory_format=torch.channels_last)
     torch.nn.init.normal_(g.tail.weight, std=0.01)  # a trained-looking tail, not the zero start
     x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
-    times: dict[str, list[float]] = {"as_written": [], "folded": []}
+
+    def forward(fold: bool) -> torch.Tensor:
+        g.fold_tail = fold
+        return g(x)
+
     with torch.inference_mode():
-        g.fold_tail = False
-        written = g(x)
-        g.fold_tail = True
-        folded = g(x)
-        for r in range(rounds):
-            order = ("folded", "as_written") if r % 2 == 0 else ("as_written", "folded")
-            for way in order:
-                g.fold_tail = way == "folded"
-                times[way] += [min(_timed(lambda: g(x), warmup=1, repeats=repeats))]
+        written, folded = forward(False), forward(True)
+        out = _interleaved({"folded": lambda: forward(True), "as_written": lambda: forward(False)}, rounds, repeats)
     g.fold_tail = True
-    out = {way: _spread(t) for way, t in times.items()}
-    out["speedup"] = out["as_written"]["median_ms"] / out["folded"]["median_ms"]
     out["max_abs_diff"] = float((folded - written).abs().max())
     out["output_max"] = float(written.abs().max())
     return out
@@ -82,14 +89,9 @@ def bench_tail(kernel: int, factor: int, shape: tuple[int, ...], rounds: int, re
     def folded() -> torch.Tensor:
         return F.pixel_shuffle(F.conv2d(z, fw, fb, 1, fp), factor)
 
-    times: dict[str, list[float]] = {"as_written": [], "folded": []}
     with torch.inference_mode():
         diff = float((as_written() - folded()).abs().max())
-        for r in range(rounds):
-            for way, fn in (("folded", folded), ("as_written", as_written))[:: 1 if r % 2 == 0 else -1]:
-                times[way] += [min(_timed(fn, warmup=1, repeats=repeats))]
-    out = {way: _spread(t) for way, t in times.items()}
-    out["speedup"] = out["as_written"]["median_ms"] / out["folded"]["median_ms"]
+        out = _interleaved({"folded": folded, "as_written": as_written}, rounds, repeats)
     out["gflop_as_written"] = 2 * c * 4 * kernel * kernel * n * h * w * factor**2 / 1e9
     out["gflop_folded"] = 2 * fw.shape[0] * fw.shape[1] * fw.shape[2] * fw.shape[3] * n * h * w / 1e9
     out["max_abs_diff"] = diff

@@ -20,9 +20,7 @@ educational use only.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 import torchvision
 
+from srgan.files import replaced_atomically
 from srgan.safe_pickle import load_numpy_pickle
 
 # File names torchvision's IMAGENET1K_V1 weights use (torchvision.models.{vgg16,vgg19,alexnet}).
@@ -128,15 +127,8 @@ def install(source: Path | None = None) -> dict[str, str]:
         state = convert(network, read_flax_checkpoint(source / filename))
         getattr(torchvision.models, network)(weights=None).load_state_dict(state, strict=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # This writer's own temporary file: two installs at once (make demo beside make test) both succeed.
-        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=target.parent, prefix=f".{target.name}.")
-        os.close(fd)
-        try:
+        with replaced_atomically(target) as tmp:  # two installs at once (make demo beside make test)
             torch.save(state, tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         report[network] = f"converted from {source / filename} -> {target}"
     return report
 

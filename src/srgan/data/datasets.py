@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -38,6 +37,7 @@ from srgan.data.degradation import Resample
 from srgan.data.normalization import resolve_auto
 from srgan.data.rasters import RasterError, effective_nodata, parse_nodata, select_bands, valid_pixels
 from srgan.data.splits import SPLITS, check_fractions, column_blocks
+from srgan.files import replaced_atomically
 
 NAN_POLICIES = ("mask", "reject")
 
@@ -329,15 +329,8 @@ def _statistics(
         stats[f"p{p:g}"] = np.percentile(pooled, p, axis=1).tolist()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        # A temporary file of this writer's own: parallel jobs on the same data write the same cache.
-        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=cache.parent, prefix=f".{cache.name}.")
-        try:
-            with os.fdopen(fd, "w") as out:
-                out.write(json.dumps(stats))
-            os.replace(tmp, cache)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with replaced_atomically(cache) as tmp:  # parallel jobs on the same data write the same cache
+            Path(tmp).write_text(json.dumps(stats))
     return stats
 
 

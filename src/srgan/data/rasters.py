@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
+
+from srgan.files import replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -247,18 +248,12 @@ def write_raster(path: str | os.PathLike, raster: Raster, overwrite: bool = Fals
     )
     if rows >= 256 and cols >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
-    fd, tmp = tempfile.mkstemp(suffix=".tif", dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with replaced_atomically(path, suffix=".tif") as tmp:
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
             if mask is not None:
                 dst.write_mask(mask)
             dst.descriptions = tuple(raster.band_names)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
